@@ -1,0 +1,90 @@
+"""The `autothink` command line. Each command is a thin shell over an importable module."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_models_prepare(args: argparse.Namespace) -> None:
+    from autothink import models
+
+    for name in args.names or [models.DEFAULT_MODEL]:
+        print(f"{name}: {models.prepare(name, force=args.force)}")
+
+
+def _cmd_models_list(args: argparse.Namespace) -> None:
+    from autothink import models
+
+    for name, spec in models.EMBEDDED.items():
+        target = models.cache_dir() / "models" / name
+        state = f"prepared at {target}" if (target / "config.json").exists() else "not prepared"
+        print(f"{name:24s} from PyPI package {spec.package:26s} {state}")
+
+
+def _cmd_tasks_list(args: argparse.Namespace) -> None:
+    from autothink.tasks import SUITES
+
+    for name, suite in SUITES.items():
+        print(f"{name:20s} {'graded 1-5' if suite.graded else 'fixed':10s} {suite.description}")
+
+
+def _cmd_tasks_export(args: argparse.Namespace) -> None:
+    from autothink.tasks import load_suite, save_tasks
+
+    tasks = load_suite(args.suite, n=args.n, difficulty=args.difficulty, seed=args.seed)
+    count = save_tasks(tasks, args.output)
+    print(f"wrote {count} tasks to {args.output}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from autothink.demo import run_demo
+
+    run_demo(model=args.model, suites=args.suites, n=args.n, modes=args.modes, max_tokens=args.max_tokens,
+             output=args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autothink", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="embedded models").add_subparsers(dest="action", required=True)
+    prepare = models.add_parser("prepare", help="convert embedded GGUF models to a safetensors cache once")
+    prepare.add_argument("names", nargs="*", help="embedded model names (default: the default model)")
+    prepare.add_argument("--force", action="store_true", help="convert again even if cached")
+    prepare.set_defaults(func=_cmd_models_prepare)
+    models.add_parser("list", help="list embedded models").set_defaults(func=_cmd_models_list)
+
+    tasks = commands.add_parser("tasks", help="offline task suites").add_subparsers(dest="action", required=True)
+    tasks.add_parser("list", help="list built-in suites").set_defaults(func=_cmd_tasks_list)
+    export = tasks.add_parser("export", help="write a suite as JSONL")
+    export.add_argument("suite", help="a built-in suite name or a tasks .jsonl file")
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.add_argument("--n", type=int, default=None, help="number of tasks (default: all, or 100 for generated)")
+    export.add_argument("--difficulty", type=int, default=None, choices=range(1, 6), help="one tier only")
+    export.add_argument("--seed", type=int, default=0)
+    export.set_defaults(func=_cmd_tasks_export)
+
+    demo = commands.add_parser("demo", help="sample the model in the AutoThink format on built-in tasks and score it")
+    demo.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, model dir, hub id or http URL")
+    demo.add_argument("--suites", nargs="+", default=["arithmetic", "gsm_symbolic", "knights_knaves"])
+    demo.add_argument("--n", type=int, default=4, help="tasks per suite")
+    demo.add_argument("--modes", nargs="+", default=["off", "on"], choices=["auto", "on", "off"])
+    demo.add_argument("--max-tokens", type=int, default=128)
+    demo.add_argument("-o", "--output", type=Path, default=Path("outputs/demo"))
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"autothink {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+import time
+
+import pytest
+import torch
+
+from autothink import models
+
+
+def test_default_model_loads_from_cache_in_seconds():
+    models.prepare()  # converts once (first run only)
+    start = time.monotonic()
+    model, tokenizer = models.load_model(device="cpu")
+    assert time.monotonic() - start < 15
+    assert model.config.model_type == "llama" and model.dtype == torch.float32
+    assert not hasattr(model.config, "quantization_config")
+    assert tokenizer.pad_token is not None and len(tokenizer) == model.config.vocab_size == 49152
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        next_id = model(**ids).logits[0, -1].argmax().item()
+    assert tokenizer.decode(next_id).strip() == "Paris"
+
+
+@pytest.mark.slow
+def test_cache_equals_the_gguf_model():
+    from transformers import AutoModelForCausalLM
+
+    gguf = models.EMBEDDED[models.DEFAULT_MODEL].locate_gguf()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    cached, tokenizer = models.load_model(device="cpu")
+    ids = tokenizer("Adaptive thinking saves tokens on easy questions.", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(cached(**ids).logits, reference(**ids).logits, rtol=0, atol=0)
+
+
+def test_tiny_model_uses_the_real_tokenizer(tiny):
+    model, tokenizer = tiny
+    assert model.config.vocab_size == len(tokenizer)
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    ids = tokenizer(["hello world", "a"], return_tensors="pt", padding=True)
+    assert model(**ids).logits.shape == (2, ids["input_ids"].shape[1], len(tokenizer))
+
+
+def test_resolve_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'.*smollm2-135m-instruct"):
+        models.resolve("no-such-model")
+    with pytest.raises(ValueError, match="no config.json"):
+        models.resolve(tmp_path)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.resolve(tmp_path / "missing")
+    assert models.resolve("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    with pytest.raises(ValueError, match="unknown embedded model"):
+        models.prepare("gpt-5")
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="could not load model 'nobody/nothing'"):
+        models.load_model("nobody/nothing")
+
+
+def test_device_and_dtype_choice():
+    assert models.pick_device("cpu") == torch.device("cpu")
+    assert models.pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert models.pick_dtype("bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        models.pick_dtype("float8")
