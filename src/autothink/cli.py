@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, model dir, hub id or http URL")
     demo.add_argument("--suites", nargs="+", default=["arithmetic", "gsm_symbolic", "knights_knaves"])
     demo.add_argument("--n", type=int, default=4, help="tasks per suite")
-    demo.add_argument("--modes", nargs="+", default=["off", "on"], choices=["auto", "on", "off"])
+    demo.add_argument("--modes", nargs="+", default=["auto", "off", "on"], choices=["auto", "on", "off"])
     demo.add_argument("--max-tokens", type=int, default=128)
     demo.add_argument("-o", "--output", type=Path, default=Path("outputs/demo"))
     demo.set_defaults(func=_cmd_demo)
