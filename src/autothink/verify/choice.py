@@ -5,12 +5,13 @@ import re
 
 from autothink.verify.registry import Verdict, answer_text, register
 
-# Most explicit first: "answer is (B)", then a leading "B." / "(B)", then any "(B)", then a lone letter.
+# Most explicit first: "answer is (B)", then a leading "B." / "(B)", then any "(B)", then a lone
+# letter (never the pronoun "I").
 _PATTERNS = [
     re.compile(r"answer\s*(?:is|:)?\s*[:\-]?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
-    re.compile(r"^\s*\(?([A-J])(?:[).:\s]|$)"),
+    re.compile(r"^\s*\(?([A-J])(?:[).:]|\s*$)"),
     re.compile(r"\(([A-J])\)"),
-    re.compile(r"(?<![A-Za-z'])([A-J])(?![A-Za-z'])"),
+    re.compile(r"(?<![A-Za-z'])([A-HJ])(?![A-Za-z'])"),
 ]
 
 
