@@ -44,6 +44,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
              output=args.output)
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from autothink.format import install_chat_template
+    from autothink.llm import make_backend
+    from autothink.serve import serve
+
+    backend = make_backend(args.model, device=args.device, dtype=args.dtype)
+    install_chat_template(backend.tokenizer)
+    serve(backend, host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autothink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-tokens", type=int, default=128)
     demo.add_argument("-o", "--output", type=Path, default=Path("outputs/demo"))
     demo.set_defaults(func=_cmd_demo)
+
+    server = commands.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
+    server.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, model dir or hub id")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--device", default="auto")
+    server.add_argument("--dtype", default="auto")
+    server.set_defaults(func=_cmd_serve)
     return parser
 
 
