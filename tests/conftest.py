@@ -1,5 +1,9 @@
 """Shared fixtures: one tokenizer and one tiny random model per test session."""
+import os
+
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 
 @pytest.fixture(scope="session")
