@@ -28,6 +28,12 @@ def test_graded_gym_suites(suite):
     assert {t.difficulty for t in load_suite(suite, n=3, difficulty=4)} == {4}
 
 
+def test_arithmetic_gold_answers_are_right():
+    for task in load_suite("arithmetic", n=100):
+        entry = task.reference["entry"]
+        assert eval(entry["metadata"]["expression"]) == pytest.approx(float(entry["answer"])), task.id
+
+
 def test_arithmetic_tiers_get_harder():
     def mean_length(tier):
         return sum(len(t.prompt) for t in load_suite("arithmetic", n=30, difficulty=tier)) / 30
@@ -66,6 +72,7 @@ def test_prompt_shorthand_becomes_messages(tmp_path):
         ('{"id": "q2", "prompt": "x"', r"t\.jsonl:2: invalid JSON"),
         ("[1, 2]", r"t\.jsonl:2: expected a JSON object, got list"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "reference"} | {"id": "q2"}), r"t\.jsonl:2: missing field 'reference'"),
+        (json.dumps({"id": "q2", "domain": "math"}), r"t\.jsonl:2: missing field 'messages' \(or 'prompt'\)"),
         (json.dumps(GOOD | {"id": "q2", "verifier": "maths"}), r"t\.jsonl:2: field 'verifier': unknown kind 'maths'"),
         (json.dumps(GOOD | {"id": "q2", "difficulty": 9}), r"t\.jsonl:2: field 'difficulty' must be an integer from 1 to 5"),
         (json.dumps(GOOD | {"id": "q2", "colour": "red"}), r"t\.jsonl:2: unknown field\(s\) \['colour'\]"),
@@ -104,6 +111,11 @@ def test_cli_tasks_list_and_export(tmp_path):
     out = subprocess.run([sys.executable, "-m", "autothink.cli", "tasks", "export", str(bad), "-o", str(tmp_path / "x.jsonl")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "bad.jsonl:2: invalid JSON" in out.stderr
+
+
+def test_query_without_reference_is_a_valid_task(tmp_path):
+    (task,) = load_tasks(write(tmp_path / "q.jsonl", [json.dumps({"id": "q", "prompt": "Write a haiku."})]))
+    assert (task.verifier, task.reference, task.domain, task.difficulty) == (None, None, None, None)
 
 
 def test_task_needs_a_user_message():

@@ -57,6 +57,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autothink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("data", help="data pipeline: tag | synth | coldstart | report (see `autothink data tag -h`)")
 
     models = commands.add_parser("models", help="embedded models").add_subparsers(dest="action", required=True)
     prepare = models.add_parser("prepare", help="convert embedded GGUF models to a safetensors cache once")
@@ -94,12 +95,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DATA_STAGES = {
+    "tag": ("autothink.data.tag", "TagConfig", "run_tag"),
+    "synth": ("autothink.data.synth", "SynthConfig", "run_synth"),
+    "coldstart": ("autothink.data.coldstart", "ColdstartConfig", "run_coldstart"),
+}
+
+
+def _data(argv: list[str]) -> None:
+    """`autothink data STAGE [--config FILE.yaml] [--option value ...]`."""
+    import importlib
+
+    from autothink.config import parse_config
+
+    stages = [*DATA_STAGES, "report"]
+    if not argv or argv[0] not in stages:
+        raise ValueError(f"usage: autothink data {{{'|'.join(stages)}}} [--config FILE.yaml] [options]; -h for options")
+    stage, rest = argv[0], argv[1:]
+    if stage == "report":
+        from autothink.data.report import write_report
+
+        parser = argparse.ArgumentParser(prog="autothink data report")
+        parser.add_argument("--output_dir", default="runs/data")
+        print(f"report: {write_report(parser.parse_args(rest).output_dir)}")
+        return
+    module, config_name, run_name = DATA_STAGES[stage]
+    module = importlib.import_module(module)
+    config = parse_config(getattr(module, config_name), rest, prog=f"autothink data {stage}")
+    results = getattr(module, run_name)(config)
+    counts = {}
+    for record in results:
+        counts[record.get("status", "ok")] = counts.get(record.get("status", "ok"), 0) + 1
+    print(f"{stage}: {len(results)} records {counts} -> {config.output_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["data"]:
+            _data(argv[1:])
+            return 0
+        args = build_parser().parse_args(argv)
         args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"autothink {args.command}: error: {err}", file=sys.stderr)
+        print(f"autothink {argv[0] if argv else ''}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,127 @@
+"""`autothink data coldstart`: judge-then-answer SFT data with majority-vote mode labels.
+
+Per query: n samples in each mode, verified; the mode with the higher pass rate wins, ties
+(within δ) go to think-off. 1% of queries get a random mode; a fraction of prompts carry a user
+directive ("DO NOT THINK", "Think deeper", ...) and their mode follows it. A judge writes the
+rationale for the chosen mode, which opens the response. Also writes the RL prompts (with the
+mode label as the prior for Step-SRPO).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autothink.data.agents import Agent, Prompts, split_final_answer, strip_tags
+from autothink.data.common import Backends, StageConfig, as_task, check, load_queries
+from autothink.data.runner import record_seed, run_records
+from autothink.format import DIRECTIVES, render
+from autothink.jsonl import write_jsonl
+
+
+def vote_mode(p_on: float, p_off: float, delta: float = 0.0) -> str:
+    """Majority vote on pass rates: think-off unless think-on passes more than δ more often.
+
+    >>> vote_mode(0.5, 0.5), vote_mode(0.75, 0.5), vote_mode(0.75, 0.5, delta=0.25)
+    ('off', 'on', 'off')
+    """
+    return "off" if p_off >= p_on - delta else "on"
+
+
+def choose_label(record_id: str, p_on: float | None, p_off: float | None, prior: str, delta: float,
+                 random_fraction: float, directive_fraction: float, seed: int = 0) -> dict:
+    """The target mode of one query and why: directive, random, vote, or prior (no verifier).
+
+    The draws are seeded by the record id, so labels are the same on every run.
+    """
+    rng = random.Random(record_seed(record_id, "label", seed))
+    if rng.random() < directive_fraction:
+        mode = rng.choice(["on", "off"])
+        return {"mode": mode, "source": "directive", "directive": rng.choice(DIRECTIVES[mode])}
+    if rng.random() < random_fraction:
+        return {"mode": rng.choice(["on", "off"]), "source": "random", "directive": None}
+    if p_on is None or p_off is None:
+        return {"mode": prior, "source": "prior", "directive": None}
+    return {"mode": vote_mode(p_on, p_off, delta), "source": "vote", "directive": None}
+
+
+@dataclass
+class ColdstartConfig(StageConfig):
+    input: str = field(default="runs/data/tagged.jsonl", metadata={"help": "tagged queries (`data tag` output)"})
+    on_backend: str = field(default="smollm2-135m-instruct", metadata={"help": "samples think-on responses"})
+    off_backend: str | None = field(default=None, metadata={"help": "samples think-off responses (default: on_backend)"})
+    judge: str | None = field(default=None, metadata={"help": "writes the mode rationale (default: on_backend)"})
+    samples: int = field(default=4, metadata={"help": "samples per mode per query"})
+    delta: float = field(default=0.0, metadata={"help": "pass-rate margin within which think-off wins"})
+    random_fraction: float = field(default=0.01, metadata={"help": "queries given a random mode"})
+    directive_fraction: float = field(default=0.1, metadata={"help": "prompts given a user directive"})
+    seed: int = field(default=0, metadata={"help": "seed of the random-mode and directive draws"})
+
+
+def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: ColdstartConfig) -> dict:
+    task = as_task(record)
+    samples, rates = {}, {}
+    for mode, template in (("on", "think_on"), ("off", "think_off")):
+        replies = agents[mode].ask(prompts.messages(template, query=task.prompt), n=config.samples,
+                                   seed=record_seed(task.id, "coldstart", mode))
+        verdicts = [check(task, split_final_answer(r)[1] or r)[0] for r in replies]
+        samples[mode] = list(zip(replies, verdicts))
+        rates[mode] = None if task.verifier is None else sum(map(bool, verdicts)) / len(verdicts)
+    label = choose_label(task.id, rates["on"], rates["off"], record["regime"], config.delta,
+                         config.random_fraction, config.directive_fraction, config.seed)
+    mode = label["mode"]
+    usable = [reply for reply, passed in samples[mode] if passed is not False]
+    base = {"id": task.id, "pass_rates": rates, "label": label}
+    if not usable:
+        return base | {"status": "rejected", "reason": f"no verified think-{mode} response"}
+    rationale = agents["judge"].ask(
+        prompts.messages(
+            "judge_rationale", query=task.prompt, mode_description="think-on" if mode == "on" else "think-off",
+            needs_reasoning="needs" if mode == "on" else "does not need",
+        ),
+        seed=record_seed(task.id, "rationale"), temperature=0.3,
+    )[0]
+    reasoning, answer = split_final_answer(usable[0])
+    response = render(mode, strip_tags(answer or reasoning), judge=strip_tags(rationale),
+                      think=strip_tags(reasoning) if mode == "on" else "")
+    messages = [dict(m) for m in task.messages]
+    if label["directive"]:
+        messages[-1]["content"] = f"{messages[-1]['content']}\n\n{label['directive']}"
+    return base | {
+        "status": "kept", "mode": mode, "messages": messages + [{"role": "assistant", "content": response}],
+        "domain": record["domain"], "difficulty": record["difficulty"],
+    }
+
+
+def run_coldstart(config: ColdstartConfig, backends: Backends | None = None) -> list[dict]:
+    """Label and render cold-start data; writes `coldstart.records.jsonl`, `coldstart.jsonl`, `rl_prompts.jsonl`."""
+    records = load_queries(config)
+    missing = [r["id"] for r in records if r.get("regime") not in ("on", "off")]
+    if missing:
+        raise ValueError(f"{len(missing)} queries have no regime (e.g. {missing[0]!r}); run `autothink data tag` first")
+    backends = backends or Backends()
+
+    def agent(spec: str) -> Agent:
+        return Agent(backends.get(spec), config.temperature, config.max_tokens, config.retries)
+
+    agents = {"on": agent(config.on_backend), "off": agent(config.off_backend or config.on_backend),
+              "judge": agent(config.judge or config.on_backend)}
+    prompts = Prompts(config.prompts_dir)
+    out = Path(config.output_dir)
+    results = run_records(records, lambda r: coldstart_record(r, agents, prompts, config),
+                          out / "coldstart.records.jsonl", workers=config.workers, desc="coldstart")
+    kept = [r for r in results if r["status"] == "kept"]
+    keys = ("id", "messages", "mode", "domain", "difficulty")
+    write_jsonl(out / "coldstart.jsonl", ({k: r[k] for k in keys} | {"label_source": r["label"]["source"]} for r in kept))
+    by_id = {r["id"]: r for r in results}
+    write_jsonl(out / "rl_prompts.jsonl", (
+        {
+            "id": q["id"], "prompt": q["messages"], "verifier": q["verifier"],
+            "reference": json.dumps(q["reference"]),  # one string type, whatever the verifier's reference
+            "difficulty": q["difficulty"], "domain": q["domain"],
+            "prior_mode": by_id[q["id"]]["label"]["mode"] if "label" in by_id[q["id"]] else q["regime"],
+        }
+        for q in records if q.get("verifier") is not None
+    ))
+    return results
