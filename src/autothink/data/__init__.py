@@ -1,0 +1,1 @@
+"""The dual-regime data pipeline: tag -> synth (stage-1 data) -> coldstart (SFT data, RL prompts) -> report."""
