@@ -1,0 +1,288 @@
+"""The data pipeline: vote and labels, judge replies, each stage's logic, bad input, kill + resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from autothink.data.agents import Agent, AgentError, Prompts, parse_json_reply, split_final_answer
+from autothink.data.coldstart import ColdstartConfig, choose_label, coldstart_record, vote_mode
+from autothink.data.common import StageConfig, load_queries
+from autothink.data.runner import run_records
+from autothink.data.synth import synth_off, synth_on
+from autothink.data.tag import assign_regime, tag_record, validate_tag
+from autothink.format import DIRECTIVES, detect_directive, parse
+from autothink.jsonl import RecordError
+from autothink.llm import Backend, Completion
+
+PROMPTS = Prompts()
+MATH = {"id": "m1", "messages": [{"role": "user", "content": "What is 6*7?"}], "domain": "math", "verifier": "math",
+        "reference": "42", "difficulty": 2, "regime": "off"}
+OPEN = {"id": "o1", "messages": [{"role": "user", "content": "Name a color."}], "domain": "general", "verifier": None,
+        "reference": None, "difficulty": 1, "regime": "off"}
+
+
+class ScriptedBackend(Backend):
+    """A real Backend whose replies come from `rule(prompt_text, index)`: pipeline logic without a model."""
+
+    def __init__(self, rule, name="scripted"):
+        self.rule, self.name, self.calls = rule, name, 0
+
+    def generate(self, conversations, params, thinking=None):
+        self.calls += 1
+        return [[Completion(self.rule(c[-1]["content"], i), "stop", 5) for i in range(params.n)] for c in conversations]
+
+
+def agent(rule, retries=2):
+    return Agent(ScriptedBackend(rule), retries=retries)
+
+
+# -- vote and labels -------------------------------------------------------------------------
+@pytest.mark.parametrize("p_on, p_off, delta, mode", [
+    (0.5, 0.5, 0.0, "off"), (0.75, 0.5, 0.0, "on"), (0.75, 0.5, 0.25, "off"), (0.75, 0.5, 0.2, "on"),
+    (0.0, 0.0, 0.0, "off"), (1.0, 0.0, 0.0, "on"), (0.25, 1.0, 0.0, "off"),
+])
+def test_vote_mode(p_on, p_off, delta, mode):
+    assert vote_mode(p_on, p_off, delta) == mode
+
+
+def test_labels_directives_random_and_prior():
+    directive = choose_label("q", 1.0, 0.0, "on", 0.0, random_fraction=0.0, directive_fraction=1.0)
+    assert directive["source"] == "directive" and directive["directive"] in DIRECTIVES[directive["mode"]]
+    assert detect_directive("What is 2+2? " + directive["directive"]) == directive["mode"]
+    assert choose_label("q", 1.0, 0.0, "off", 0.0, 1.0, 0.0)["source"] == "random"
+    assert choose_label("q", None, None, "on", 0.0, 0.0, 0.0) == {"mode": "on", "source": "prior", "directive": None}
+    assert choose_label("q", 1.0, 0.0, "off", 0.0, 0.0, 0.0)["mode"] == "on"
+    # 1% random, drawn per id: stable across calls, close to the fraction over many ids.
+    sources = Counter(choose_label(f"q{i}", 0.0, 1.0, "off", 0.0, 0.01, 0.1)["source"] for i in range(4000))
+    assert 15 <= sources["random"] <= 70 and 300 <= sources["directive"] <= 500
+    assert [choose_label(f"q{i}", 0, 1, "off", 0, 0.5, 0.5) for i in range(50)] == \
+           [choose_label(f"q{i}", 0, 1, "off", 0, 0.5, 0.5) for i in range(50)]
+    random_modes = Counter(choose_label(f"r{i}", 0.0, 1.0, "off", 0.0, 1.0, 0.0)["mode"] for i in range(400))
+    assert random_modes["on"] > 150 and random_modes["off"] > 150  # random means both modes, not the vote
+
+
+# -- judge replies ---------------------------------------------------------------------------
+@pytest.mark.parametrize("reply, expected", [
+    ('{"difficulty": 3, "domain": "math"}', {"difficulty": 3, "domain": "math"}),
+    ('Sure! ```json\n{"difficulty": 2, "domain": "code", "reason": "a {nested} brace"}\n```', {"difficulty": 2, "domain": "code"}),
+    ('I think {not json} then {"difficulty": "4", "domain": "Tool use"}', {"difficulty": 4, "domain": "tool-use"}),
+])
+def test_judge_json_is_found_and_validated(reply, expected):
+    tag = validate_tag(parse_json_reply(reply))
+    assert {k: tag[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("reply, error", [
+    ("difficulty: 3", "no JSON object"),
+    ('{"difficulty": 7, "domain": "math"}', "difficulty must be an integer 1-5"),
+    ('{"difficulty": "hard", "domain": "math"}', "difficulty must be an integer 1-5"),
+    ('{"difficulty": true, "domain": "math"}', "difficulty must be an integer 1-5"),
+    ('{"difficulty": 2, "domain": "cooking"}', "domain must be one of"),
+    ('{"domain": "math"}', "difficulty"),
+    ('[1, 2, 3]', "no JSON object"),
+])
+def test_malformed_judge_replies_are_rejected(reply, error):
+    with pytest.raises((ValueError, KeyError), match=error):
+        validate_tag(parse_json_reply(reply))
+
+
+def test_ask_json_retries_then_succeeds_or_reports():
+    replies = iter(["no idea", '{"difficulty": 9, "domain": "math"}', '{"difficulty": 2, "domain": "math"}'])
+    judge = agent(lambda prompt, i: next(replies))
+    tag, attempts = judge.ask_json([{"role": "user", "content": "x"}], validate_tag, seed=0)
+    assert tag["difficulty"] == 2 and len(attempts) == 3 and attempts[0]["error"].startswith("no JSON object")
+    with pytest.raises(AgentError, match="no valid reply after 2 attempts") as err:
+        agent(lambda p, i: "nope", retries=1).ask_json([{"role": "user", "content": "x"}], validate_tag, seed=0)
+    assert [a["reply"] for a in err.value.attempts] == ["nope", "nope"]
+
+    def broken(prompt, i):
+        raise ConnectionError("server down")
+
+    with pytest.raises(AgentError, match="server down"):
+        agent(broken).ask_json([{"role": "user", "content": "x"}], validate_tag, seed=0)
+
+
+def test_split_final_answer():
+    assert split_final_answer("6*7 = 42\nFinal answer: 42") == ("6*7 = 42", "42")
+    assert split_final_answer("so \\boxed{42}") == ("so \\boxed{42}", "\\boxed{42}")
+    assert split_final_answer("no answer here") == ("no answer here", None)
+
+
+# -- stages -----------------------------------------------------------------------------------
+def test_tag_keeps_given_labels_and_falls_back_when_the_judge_fails():
+    tagged = tag_record(MATH, None, PROMPTS, threshold=3, retag=False)
+    assert (tagged["difficulty"], tagged["domain"], tagged["regime"], tagged["tag"]["by"]) == (2, "math", "off", "given")
+    failing = agent(lambda p, i: "I cannot answer in JSON")
+    record = {**OPEN, "difficulty": None, "domain": None}
+    tagged = tag_record(record, failing, PROMPTS, threshold=3, retag=False)
+    assert tagged["tag"]["by"] == "heuristic" and "no valid reply after 3 attempts" in tagged["tag"]["error"]
+    assert tagged["domain"] == "general" and 1 <= tagged["difficulty"] <= 5
+    judge = agent(lambda p, i: '{"difficulty": 5, "domain": "math", "reason": "olympiad"}')
+    tagged = tag_record(MATH, judge, PROMPTS, threshold=3, retag=True)
+    assert (tagged["difficulty"], tagged["regime"], tagged["tag"]["by"]) == (5, "on", "judge:scripted")
+
+
+def test_regime_from_difficulty_and_verifiability():
+    assert [assign_regime(d, True) for d in range(1, 6)] == ["off", "off", "on", "on", "on"]
+    assert [assign_regime(d, False) for d in range(1, 6)] == ["off", "off", "off", "on", "on"]
+
+
+def test_think_off_rejection_sampling_keeps_verified_answers():
+    teachers = [agent(lambda p, i: "Final answer: 41"), agent(lambda p, i: ["Final answer: 40", "Final answer: 42"][i])]
+    out = synth_off(MATH, {"teachers": teachers, "judge": None}, PROMPTS, k=2)
+    assert out["status"] == "kept" and out["how"] == "verified"
+    assert out["completion"][0]["content"] == "<think_off><answer>Final answer: 42</answer>"
+    assert [a["passed"] for a in out["provenance"]] == [False, False, False, True]
+    wrong = synth_off(MATH, {"teachers": teachers[:1], "judge": None}, PROMPTS, k=2)
+    assert wrong["status"] == "rejected" and wrong["reason"] == "no verified answer"
+
+
+def test_think_off_without_verifier_asks_the_judge():
+    teachers = [agent(lambda p, i: ["Blue.", "Red."][i])]
+    judge = agent(lambda p, i: '{"best": 2, "reason": "more vivid"}')
+    out = synth_off(OPEN, {"teachers": teachers, "judge": judge}, PROMPTS, k=2)
+    assert out["completion"][0]["content"] == "<think_off><answer>Red.</answer>" and "judge picked 2" in out["how"]
+
+
+def test_think_on_multi_agent_loop():
+    record = {**MATH, "regime": "on"}
+    solver = agent(lambda p, i: "6*7 = 48\nFinal answer: 48")
+    thinker = agent(lambda p, i: "Recheck: 6*7 = 42\nFinal answer: 42")
+    critiques = iter(['{"accept": false, "issues": "6*7 is not 48"}', '{"accept": true, "issues": ""}'])
+    critic = agent(lambda p, i: next(critiques))
+    out = synth_on(record, {"solver": solver, "thinker": thinker, "critic": critic}, PROMPTS, rounds=2)
+    assert out["status"] == "kept" and [r["passed"] for r in out["provenance"]] == [False, True]
+    text = out["completion"][0]["content"]
+    assert text.startswith("<think_on><think>")
+    parsed = parse("<judge></judge>" + text)
+    assert parsed.well_formed and parsed.answer == "42"
+    assert "6*7 = 48" in parsed.think and "6*7 is not 48" in parsed.think and "Recheck" in parsed.think
+    stubborn = agent(lambda p, i: '{"accept": false, "issues": "wrong"}')
+    out = synth_on(record, {"solver": solver, "thinker": solver, "critic": stubborn}, PROMPTS, rounds=1)
+    assert out["status"] == "rejected" and out["reason"] == "not verified after 1 rounds"
+
+
+def test_coldstart_votes_and_renders_judge_then_answer():
+    on = agent(lambda p, i: "6 sevens: 42\nFinal answer: 42")
+    off = agent(lambda p, i: ["Final answer: 42", "Final answer: 40"][i])
+    judge = agent(lambda p, i: "It needs a multiplication <think> only.")
+    config = ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=0.0)
+    out = coldstart_record(MATH, {"on": on, "off": off, "judge": judge}, PROMPTS, config)
+    assert out["pass_rates"] == {"on": 1.0, "off": 0.5} and out["mode"] == "on" and out["label"]["source"] == "vote"
+    parsed = parse(out["messages"][-1]["content"])
+    assert parsed.well_formed and (parsed.mode, parsed.answer, parsed.think) == ("on", "42", "6 sevens: 42")
+    assert parsed.judge == "It needs a multiplication  only."  # tags stripped from agent text
+    tie = coldstart_record(MATH, {"on": off, "off": off, "judge": judge}, PROMPTS, config)
+    assert tie["mode"] == "off" and parse(tie["messages"][-1]["content"]).answer == "42"
+    config = ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=1.0)
+    directed = coldstart_record(MATH, {"on": on, "off": on, "judge": judge}, PROMPTS, config)
+    assert detect_directive(directed["messages"][0]["content"]) == directed["mode"] == directed["label"]["mode"]
+
+
+# -- runner, bad input -------------------------------------------------------------------------
+def test_failing_backend_is_reported_per_record(tmp_path):
+    def process(record):
+        if record["id"] == "b":
+            raise ConnectionError("teacher unreachable")
+        return {"id": record["id"], "status": "kept"}
+
+    out = run_records([{"id": i} for i in "abc"], process, tmp_path / "out.jsonl", workers=2)
+    assert [r["status"] for r in out] == ["kept", "error", "kept"]
+    assert out[1]["error"] == "ConnectionError: teacher unreachable"
+    assert [json.loads(l)["id"] for l in (tmp_path / "out.jsonl").read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_runner_skips_done_records_and_cuts_a_torn_line(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a", "v": 1}\n{"id": "b", "v"')
+    seen = []
+    out = run_records([{"id": i} for i in "abc"], lambda r: seen.append(r["id"]) or {"id": r["id"], "v": 2}, path)
+    assert seen == ["b", "c"] and [r["v"] for r in out] == [1, 2, 2]
+
+
+def test_bad_query_files_name_file_and_line(tmp_path):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"id": "a", "prompt": "hi"}\n{"id": "b", "prompt": \n')
+    with pytest.raises(RecordError, match=r"q\.jsonl:2: invalid JSON"):
+        load_queries(StageConfig(input=str(bad)))
+    bad.write_text('{"id": "a", "prompt": "hi"}\n{"id": "b", "domain": "math"}\n')
+    with pytest.raises(RecordError, match=r"q\.jsonl:2: missing field 'messages' \(or 'prompt'\)"):
+        load_queries(StageConfig(input=str(bad)))
+    with pytest.raises(FileNotFoundError, match="neither a file nor a built-in suite"):
+        load_queries(StageConfig(input=str(tmp_path / "missing.jsonl")))
+
+
+def test_bad_config_key_is_named(tmp_path):
+    from autothink.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("judg: local:x\n")
+    assert main(["data", "tag", "--config", str(config)]) == 2
+
+
+# -- end to end with a real (tiny) model, killed and resumed -----------------------------------
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny):
+    from autothink.format import add_autothink_tokens
+
+    model, tokenizer = tiny
+    import copy
+
+    model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
+    add_autothink_tokens(tokenizer, model)
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "autothink.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
+    queries = tmp_path / "queries.jsonl"
+    from autothink.tasks import load_suite, save_tasks
+
+    save_tasks(load_suite("arithmetic", n=6), queries)
+    with open(queries, "a") as f:  # unverifiable queries are labelled by their prior, so some are kept
+        f.writelines(json.dumps({"id": f"open-{i}", "prompt": f"Name {i} colors."}) + "\n" for i in range(4))
+    common = ["--on_backend", f"local:{tiny_dir}", "--samples", "2", "--max_tokens", "12", "--workers", "2",
+              "--directive_fraction", "0.3"]
+    runs = {}
+    for name in ("straight", "resumed"):
+        out = tmp_path / name
+        assert _cli("data", "tag", "--input", queries, "--output_dir", out).wait(120) == 0
+        args = ["data", "coldstart", "--input", out / "tagged.jsonl", "--output_dir", out, *common]
+        if name == "resumed":
+            proc = _cli(*args)
+            records = out / "coldstart.records.jsonl"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (not records.exists() or len(records.read_text().splitlines()) < 3):
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            partial = len(records.read_text().splitlines())
+            assert 3 <= partial < 10, "the kill should land mid-run"
+        proc = _cli(*args)
+        log = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, log
+        runs[name] = {f: (out / f).read_text() for f in ("coldstart.records.jsonl", "coldstart.jsonl", "rl_prompts.jsonl")}
+    assert runs["resumed"] == runs["straight"]
+    records = [json.loads(l) for l in runs["straight"]["coldstart.records.jsonl"].splitlines()]
+    assert len(records) == 10 and len({r["id"] for r in records}) == 10
+    assert len(runs["straight"]["rl_prompts.jsonl"].splitlines()) == 6  # only verifiable queries
+    assert {r["status"] for r in records if r["id"].startswith("open-")} == {"kept"}
+    from datasets import load_dataset
+
+    out = tmp_path / "straight"
+    for name in ("coldstart.jsonl", "rl_prompts.jsonl"):
+        rows = load_dataset("json", data_files=str(out / name), split="train")
+        assert len(rows) == len((out / name).read_text().splitlines()) > 0
+    assert parse(rows[0]["prompt"][0]["content"]).answer is None and json.loads(rows[0]["reference"])["dataset"]
