@@ -1,0 +1,381 @@
+"""Universal Logit Distillation (ULD, Boizard et al. 2024) and the distillation loss around it.
+
+ULD compares a student and a teacher that do not share a vocabulary: at each aligned position
+both distributions are sorted in descending order, the shorter one is zero-padded, and the L1
+distance between the two sorted vectors is the loss. Sorting forgets which token carries which
+probability, so only the *shape* of the teacher's distribution is transferred; that is what makes
+it work across tokenizers.
+
+Two ways to pair positions (DESIGN §4):
+
+- `uld_loss`: by order. Per sample, the first m = min(#student, #teacher) response positions
+  are paired in order (the paper's choice; right when both models tokenized the same response
+  with similar tokenizers, or when the two sequences are the same tokens).
+- `byte_offset_alignment` + `uld_loss_aligned`: by byte offsets. A student position and a
+  teacher position are paired when their tokens end at the same byte of the same text, so both
+  logits predict what follows the same byte boundary.
+
+Everything here is plain torch (no TRL); shapes are in the docstrings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def _check_logits(name: str, logits: torch.Tensor) -> None:
+    if logits.dim() != 3:
+        raise ValueError(f"{name} must be [B, T, V]; got shape {tuple(logits.shape)}")
+
+
+def _sorted_l1(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """L1 distance between sorted, zero-padded softmax distributions, one value per row.
+
+    Args:
+        student: `[N, Vs]` logits. teacher: `[N, Vt]` logits.
+    Returns:
+        `[N]`, each in [0, 2].
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    # Half precision loses too much in a 100k-way softmax; compute in at least fp32.
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    p_s = torch.softmax(student.to(dtype) / temperature, dim=-1)
+    p_t = torch.softmax(teacher.to(dtype) / temperature, dim=-1)
+    p_s = p_s.sort(dim=-1, descending=True).values  # (N, Vs)
+    p_t = p_t.sort(dim=-1, descending=True).values  # (N, Vt)
+    v = max(p_s.shape[-1], p_t.shape[-1])
+    p_s = F.pad(p_s, (0, v - p_s.shape[-1]))  # zeros sort last: padding keeps the order
+    p_t = F.pad(p_t, (0, v - p_t.shape[-1]))
+    return (p_s - p_t).abs().sum(dim=-1)
+
+
+def _batch_mean(per_pair: torch.Tensor, sample: torch.Tensor, batch: int, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean over each sample's pairs, then mean over the samples that have at least one pair.
+
+    Args:
+        per_pair: `[N]` loss per pair. sample: `[N]` the sample index of each pair.
+        anchor: a tensor of the graph, so that an empty batch still gives a differentiable 0.
+    """
+    if per_pair.numel() == 0:
+        return anchor.sum() * 0.0
+    sums = per_pair.new_zeros(batch).index_add(0, sample, per_pair)
+    counts = torch.bincount(sample, minlength=batch).to(per_pair.dtype)
+    has = counts > 0
+    return (sums[has] / counts[has]).mean()
+
+
+def uld_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_mask: torch.Tensor,
+    teacher_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """ULD loss with positions paired in order, truncated to the shorter response.
+
+    Per sample b, the selected positions of each side are taken in order and the first
+    m_b = min(#student selected, #teacher selected) are paired. Per pair: softmax with
+    `temperature`, sort descending, zero-pad the smaller vocabulary, L1 distance. The loss is
+    the mean over a sample's pairs, averaged over the batch. Samples with m_b = 0 are skipped:
+    they are left out of the batch average (not counted as 0). If no sample has a pair the
+    result is a 0 that still backpropagates (zero gradients).
+
+    Args:
+        student_logits: `[B, Ts, Vs]`.
+        teacher_logits: `[B, Tt, Vt]` (Tt and Vt may differ from Ts and Vs).
+        student_mask: `[B, Ts]` bool or 0/1: the student's response positions (the positions
+            whose logits predict a response token).
+        teacher_mask: `[B, Tt]`, likewise for the teacher.
+        temperature: softmax temperature (> 0) applied to both sides.
+
+    Returns:
+        A scalar tensor in [0, 2].
+
+    Raises:
+        ValueError: logits not 3-D, batch sizes differ, or a mask's shape is not the logits'
+            `[B, T]`.
+
+    >>> s, t = torch.randn(2, 5, 10), torch.randn(2, 7, 12)
+    >>> ms, mt = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 7, dtype=torch.bool)
+    >>> float(uld_loss(s, t, ms, mt)) > 0
+    True
+    """
+    _check_logits("student_logits", student_logits)
+    _check_logits("teacher_logits", teacher_logits)
+    if student_logits.shape[0] != teacher_logits.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: student_logits {tuple(student_logits.shape)}, "
+            f"teacher_logits {tuple(teacher_logits.shape)}"
+        )
+    if tuple(student_mask.shape) != tuple(student_logits.shape[:2]):
+        raise ValueError(
+            f"student_mask {tuple(student_mask.shape)} must be [B, T] of student_logits {tuple(student_logits.shape)}"
+        )
+    if tuple(teacher_mask.shape) != tuple(teacher_logits.shape[:2]):
+        raise ValueError(
+            f"teacher_mask {tuple(teacher_mask.shape)} must be [B, T] of teacher_logits {tuple(teacher_logits.shape)}"
+        )
+    s_mask, t_mask = student_mask.bool(), teacher_mask.bool()
+    m = torch.minimum(s_mask.sum(1), t_mask.sum(1))  # (B,) pairs per sample
+    # Keep the first m_b selected positions of each side: rank = running count - 1.
+    s_keep = s_mask & (s_mask.cumsum(1) <= m[:, None])  # (B, Ts)
+    t_keep = t_mask & (t_mask.cumsum(1) <= m[:, None])  # (B, Tt)
+    # Boolean indexing is row-major, so the k-th student row pairs with the k-th teacher row.
+    per_pair = _sorted_l1(student_logits[s_keep], teacher_logits[t_keep], temperature)  # (N,)
+    sample = s_keep.nonzero()[:, 0]  # (N,)
+    return _batch_mean(per_pair, sample, student_logits.shape[0], student_logits)
+
+
+def uld_loss_aligned(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_index: torch.Tensor,
+    teacher_index: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """ULD loss on explicitly paired positions (e.g. from `byte_offset_alignment`).
+
+    Pair p of sample b compares `student_logits[b, student_index[b, p]]` with
+    `teacher_logits[b, teacher_index[b, p]]`; entries equal to -1 are padding. Reduction as in
+    `uld_loss`: mean over a sample's pairs, then mean over samples with at least one pair.
+
+    Args:
+        student_logits: `[B, Ts, Vs]` (or `[Ts, Vs]` for one sample).
+        teacher_logits: `[B, Tt, Vt]` (or `[Tt, Vt]`).
+        student_index: `[B, N]` long (or `[N]`), positions into Ts, -1 = no pair.
+        teacher_index: `[B, N]` long (or `[N]`), positions into Tt, -1 where student_index is.
+        temperature: softmax temperature (> 0).
+
+    Returns:
+        A scalar tensor in [0, 2].
+
+    Raises:
+        ValueError: shapes that do not fit together (named with their shapes), padding that
+            differs between the two index tensors, or an index out of range.
+    """
+    if student_logits.dim() == 2 and teacher_logits.dim() == 2 and student_index.dim() == 1:
+        student_logits, teacher_logits = student_logits[None], teacher_logits[None]
+        student_index, teacher_index = student_index[None], teacher_index[None]
+    _check_logits("student_logits", student_logits)
+    _check_logits("teacher_logits", teacher_logits)
+    b = student_logits.shape[0]
+    if teacher_logits.shape[0] != b or student_index.shape != teacher_index.shape or (
+        student_index.dim() != 2 or student_index.shape[0] != b
+    ):
+        raise ValueError(
+            "shapes do not fit: student_logits "
+            f"{tuple(student_logits.shape)}, teacher_logits {tuple(teacher_logits.shape)}, "
+            f"student_index {tuple(student_index.shape)}, teacher_index {tuple(teacher_index.shape)} "
+            "(want [B, Ts, Vs], [B, Tt, Vt], [B, N], [B, N])"
+        )
+    valid = student_index >= 0
+    if not torch.equal(valid, teacher_index >= 0):
+        raise ValueError("student_index and teacher_index must have their -1 padding at the same places")
+    for name, index, logits in (("student", student_index, student_logits), ("teacher", teacher_index, teacher_logits)):
+        if valid.any() and int(index[valid].max()) >= logits.shape[1]:
+            raise ValueError(f"{name}_index has position {int(index[valid].max())} >= T = {logits.shape[1]}")
+    sample, pair = valid.nonzero(as_tuple=True)  # (N,), (N,)
+    s_rows = student_logits[sample, student_index[sample, pair]]  # (N, Vs)
+    t_rows = teacher_logits[sample, teacher_index[sample, pair]]  # (N, Vt)
+    per_pair = _sorted_l1(s_rows, t_rows, temperature)
+    return _batch_mean(per_pair, sample, b, student_logits)
+
+
+# --------------------------------------------------------------------------- CE and the total
+
+
+def causal_lm_ce(logits: torch.Tensor, labels: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """Token cross-entropy of a causal LM, ignoring labels equal to -100.
+
+    `labels` follow the Hugging Face convention (aligned with `input_ids`): the logits at
+    position i are scored against `labels[:, i + shift]`. `shift=1` is the ordinary next-token
+    loss; an MTP head k uses `shift=k + 1`. With no label to score the result is a 0 that
+    still backpropagates.
+
+    Args:
+        logits: `[B, T, V]`. labels: `[B, T]` long.
+        shift: how far ahead position i predicts (>= 1).
+
+    Returns:
+        A scalar: mean over the scored tokens.
+    """
+    _check_logits("logits", logits)
+    if tuple(labels.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"labels {tuple(labels.shape)} must be [B, T] of logits {tuple(logits.shape)}")
+    t = logits.shape[1]
+    if shift >= t:
+        return logits.sum() * 0.0
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    pred = logits[:, : t - shift].reshape(-1, logits.shape[-1]).to(dtype)  # (B*(T-shift), V)
+    target = labels[:, shift:].reshape(-1)  # (B*(T-shift),)
+    n = (target != IGNORE_INDEX).sum()
+    if n == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX, reduction="sum") / n
+
+
+def response_mask(labels: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """The logit positions that predict a labelled token: `mask[:, i] = labels[:, i + shift] != -100`.
+
+    Args:
+        labels: `[B, T]` (Hugging Face convention, -100 = no loss).
+    Returns:
+        `[B, T]` bool; the last `shift` positions are False.
+    """
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    if shift < labels.shape[1]:
+        mask[:, : labels.shape[1] - shift] = labels[:, shift:] != IGNORE_INDEX
+    return mask
+
+
+@dataclass
+class DistillLoss:
+    """The weighted total and its parts (detached copies of the parts are for logging)."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    uld: torch.Tensor
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_mask: torch.Tensor,
+    teacher_mask: torch.Tensor,
+    w_ce: float = 1.0,
+    w_uld: float = 1.0,
+    temperature: float = 1.0,
+) -> DistillLoss:
+    """total = w_ce · CE(student, labels) + w_uld · ULD(student, teacher) (DESIGN §4).
+
+    Args:
+        student_logits: `[B, Ts, Vs]`. labels: `[B, Ts]`, -100 = no CE loss (HF convention).
+        teacher_logits: `[B, Tt, Vt]`. student_mask / teacher_mask: `[B, Ts]` / `[B, Tt]`, as
+            in `uld_loss` (see `response_mask` to derive the student's from `labels`).
+        w_ce, w_uld: weights; a zero weight skips that term's computation.
+
+    Returns:
+        `DistillLoss(loss, ce, uld)`.
+
+    >>> s, t = torch.randn(1, 4, 8), torch.randn(1, 4, 9)
+    >>> labels = torch.tensor([[-100, 1, 2, 3]])
+    >>> out = distill_loss(s, labels, t, response_mask(labels), response_mask(labels))
+    >>> bool(torch.isclose(out.loss, out.ce + out.uld))
+    True
+    """
+    zero = student_logits.sum() * 0.0
+    ce = causal_lm_ce(student_logits, labels) if w_ce else zero
+    uld = uld_loss(student_logits, teacher_logits, student_mask, teacher_mask, temperature) if w_uld else zero
+    return DistillLoss(loss=w_ce * ce + w_uld * uld, ce=ce, uld=uld)
+
+
+# --------------------------------------------------------------------------- byte-offset alignment
+
+
+@dataclass
+class ByteAlignment:
+    """Positions of two tokenizations of one text whose tokens end at the same byte.
+
+    `student_index[p]` and `teacher_index[p]` are token positions (in `student_ids` and
+    `teacher_ids`) whose tokens both end at byte `byte_ends[p]` of the UTF-8 text; the logits at
+    those positions both predict what follows that byte. All are `[N]` long tensors; the last
+    pair is the end of the text (its logits predict beyond it; drop it if unwanted).
+    """
+
+    student_ids: list[int]
+    teacher_ids: list[int]
+    student_index: torch.Tensor
+    teacher_index: torch.Tensor
+    byte_ends: torch.Tensor
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return f"{type(tokenizer).__name__}({getattr(tokenizer, 'name_or_path', '') or '?'})"
+
+
+def _token_byte_ends(text: str, tokenizer) -> tuple[list[int], list[int | None]]:
+    """Token ids and, per token, the byte offset where it truly ends (None when it does not
+    end on a character boundary of its own, e.g. the first half of a split multi-byte char)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"tokenizer {_tokenizer_name(tokenizer)} is not a fast tokenizer: byte-offset alignment "
+            "needs offset mappings (return_offsets_mapping), which only fast tokenizers give"
+        )
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as err:
+        raise ValueError(f"tokenizer {_tokenizer_name(tokenizer)} cannot give offset mappings: {err}") from err
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    # byte_at[c] = UTF-8 byte offset of character c (c = 0..len(text)).
+    byte_at = [0]
+    for ch in text:
+        byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+    ends: list[int | None] = []
+    for i, (start, end) in enumerate(offsets):
+        # A zero-length token (special token) ends nowhere; a token whose character is shared
+        # with the next token (byte-level BPE splits "学" into two tokens with the same
+        # character span) ends inside that character, not at its reported end.
+        shared = i + 1 < len(offsets) and offsets[i + 1][0] < end and offsets[i + 1][1] > offsets[i + 1][0]
+        ends.append(None if end <= start or shared else byte_at[end])
+    return ids, ends
+
+
+def byte_offset_alignment(text: str, student_tokenizer, teacher_tokenizer) -> ByteAlignment:
+    """Pair the student and teacher token positions of `text` that end at the same byte offset.
+
+    Both tokenizers encode `text` without special tokens; character offsets from their offset
+    mappings are converted to UTF-8 byte offsets. When several tokens of one side report the
+    same end (a multi-byte character split across tokens), only the token that completes the
+    character counts.
+
+    Args:
+        text: the text both models read (e.g. the response).
+        student_tokenizer, teacher_tokenizer: fast (Rust-backed) Hugging Face tokenizers.
+
+    Returns:
+        `ByteAlignment` with the two id lists and the paired positions.
+
+    Raises:
+        ValueError: a tokenizer is not fast or cannot give offsets (the message names it).
+
+    >>> # a = byte_offset_alignment("naïve café", smollm2_tok, gemma_tok)
+    >>> # uld_loss_aligned(s_logits[0], t_logits[0], a.student_index, a.teacher_index)
+    """
+    s_ids, s_ends = _token_byte_ends(text, student_tokenizer)
+    t_ids, t_ends = _token_byte_ends(text, teacher_tokenizer)
+    teacher_at = {end: j for j, end in enumerate(t_ends) if end is not None}
+    pairs = [(i, teacher_at[end], end) for i, end in enumerate(s_ends) if end is not None and end in teacher_at]
+    cols = list(zip(*pairs)) if pairs else [(), (), ()]
+    as_long = lambda xs: torch.tensor(list(xs), dtype=torch.long)  # noqa: E731
+    return ByteAlignment(s_ids, t_ids, as_long(cols[0]), as_long(cols[1]), as_long(cols[2]))
+
+
+def collate_alignments(
+    student_index: Sequence[torch.Tensor], teacher_index: Sequence[torch.Tensor], offsets: Sequence[tuple[int, int]] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-sample index vectors into `[B, N]` tensors padded with -1 for `uld_loss_aligned`.
+
+    Args:
+        student_index, teacher_index: per sample, `[N_b]` positions.
+        offsets: per sample, `(student_offset, teacher_offset)` added to the positions (e.g. the
+            prompt lengths when the aligned text is the response after a prompt).
+    """
+    if len(student_index) != len(teacher_index):
+        raise ValueError(f"{len(student_index)} student index vectors but {len(teacher_index)} teacher ones")
+    n = max([len(x) for x in student_index] + [0])
+    s = torch.full((len(student_index), n), -1, dtype=torch.long)
+    t = torch.full((len(student_index), n), -1, dtype=torch.long)
+    for b, (si, ti) in enumerate(zip(student_index, teacher_index)):
+        if len(si) != len(ti):
+            raise ValueError(f"sample {b}: {len(si)} student positions but {len(ti)} teacher positions")
+        so, to = offsets[b] if offsets is not None else (0, 0)
+        s[b, : len(si)] = torch.as_tensor(si, dtype=torch.long) + so
+        t[b, : len(ti)] = torch.as_tensor(ti, dtype=torch.long) + to
+    return s, t
