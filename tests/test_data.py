@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from autothink.data.agents import Agent, AgentError, Prompts, parse_json_reply, split_final_answer
-from autothink.data.coldstart import ColdstartConfig, choose_label, coldstart_record, vote_mode
+from autothink.algorithms import vote_mode
+from autothink.data.coldstart import ColdstartConfig, choose_label, coldstart_record
 from autothink.data.common import StageConfig, load_queries
 from autothink.data.runner import run_records
 from autothink.data.synth import synth_off, synth_on

@@ -19,3 +19,4 @@ from autothink.algorithms.advantages import sample_entropy as sample_entropy
 from autothink.algorithms.advantages import segment_advantages as segment_advantages
 from autothink.algorithms.advantages import segment_ids as segment_ids
 from autothink.algorithms.advantages import step_srpo_rewards as step_srpo_rewards
+from autothink.algorithms.advantages import vote_mode as vote_mode

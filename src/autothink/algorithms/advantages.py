@@ -55,11 +55,22 @@ def _check_len(name: str, values, n: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def vote_mode(p_on: float, p_off: float, delta: float = 0.0) -> str:
+    """The better mode by pass rate: think-off unless think-on passes more than δ more often.
+
+    Shared by the cold-start labels (majority vote) and Step-SRPO's correct mode m*.
+
+    >>> vote_mode(0.5, 0.5), vote_mode(0.75, 0.5), vote_mode(0.75, 0.5, delta=0.25)
+    ('off', 'on', 'off')
+    """
+    return "off" if p_off >= p_on - delta - _TIE_TOL else "on"
+
+
 def _correct_mode(rates: dict[str, float], prior: str | None, delta: float) -> str | None:
     """m* of one group from its observed per-mode pass rates (see `step_srpo_rewards`)."""
 
     def rule(p_on: float, p_off: float) -> str:
-        return "off" if p_off >= p_on - delta - _TIE_TOL else "on"
+        return vote_mode(p_on, p_off, delta)
 
     if len(rates) == 2:
         return rule(rates["on"], rates["off"])

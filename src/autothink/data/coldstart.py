@@ -13,20 +13,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autothink.algorithms.advantages import vote_mode
 from autothink.data.agents import Agent, Prompts, split_final_answer, strip_tags
 from autothink.data.common import Backends, StageConfig, as_task, check, load_queries
 from autothink.data.runner import record_seed, run_records
 from autothink.format import DIRECTIVES, render
 from autothink.jsonl import write_jsonl
-
-
-def vote_mode(p_on: float, p_off: float, delta: float = 0.0) -> str:
-    """Majority vote on pass rates: think-off unless think-on passes more than δ more often.
-
-    >>> vote_mode(0.5, 0.5), vote_mode(0.75, 0.5), vote_mode(0.75, 0.5, delta=0.25)
-    ('off', 'on', 'off')
-    """
-    return "off" if p_off >= p_on - delta else "on"
 
 
 def choose_label(record_id: str, p_on: float | None, p_off: float | None, prior: str, delta: float,
