@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autothink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("data", help="data pipeline: tag | synth | coldstart | report (see `autothink data tag -h`)")
+    for name, (_, _, _, help_) in COMMANDS.items():
+        commands.add_parser(name, help=f"{help_} (see `autothink {name} -h`)")
 
     models = commands.add_parser("models", help="embedded models").add_subparsers(dest="action", required=True)
     prepare = models.add_parser("prepare", help="convert embedded GGUF models to a safetensors cache once")
@@ -129,11 +131,34 @@ def _data(argv: list[str]) -> None:
     print(f"{stage}: {len(results)} records {counts} -> {config.output_dir}")
 
 
+# Top-level commands that run one dataclass-configured job: `autothink NAME [--config FILE.yaml] [--option value ...]`.
+COMMANDS = {
+    "upscale": ("autothink.upscale", "UpscaleConfig", "run_upscale", "depth upscaling: saturation analysis, layer duplication"),
+    "distill": ("autothink.distill", "DistillConfig", "run_distill",
+                "stage 1: distil a teacher into a student with ULD and MTP heads (--precompute: teacher top-k only)"),
+}
+
+
+def _job(name: str, argv: list[str]) -> None:
+    import importlib
+
+    from autothink.config import parse_config
+
+    module, config_name, run_name, _ = COMMANDS[name]
+    module = importlib.import_module(module)
+    config = parse_config(getattr(module, config_name), argv, prog=f"autothink {name}")
+    summary = getattr(module, run_name)(config)
+    print(f"{name}: " + " ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["data"]:
             _data(argv[1:])
+            return 0
+        if argv[:1] and argv[0] in COMMANDS:
+            _job(argv[0], argv[1:])
             return 0
         args = build_parser().parse_args(argv)
         args.func(args)

@@ -10,13 +10,19 @@ upscaled model computes exactly the original function at step 0.
 The result is a plain Hugging Face model of the same class: `save_pretrained` it and
 `AutoModelForCausalLM.from_pretrained` loads it without custom code.
 
+`autothink upscale` (`UpscaleConfig`, `run_upscale`) does the whole job on the command line:
+saturation on a calibration set (built-in texts, or a text/JSONL file), duplication, and an
+output dir with the model and tokenizer, `saturation.json`, `saturation.png` and `upscale.json`.
+
 >>> # sat = layer_saturation(model, tokenizer, texts)
 >>> # upscale(model, sat, target_layers=40); model.save_pretrained(out); tokenizer.save_pretrained(out)
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -241,3 +247,153 @@ def upscale(
         config.max_window_layers = sum(1 for i in origin if i < mwl)
     config.num_hidden_layers = len(new_layers)
     return duplicated
+
+
+# --------------------------------------------------------------------------- the command
+
+# Built-in calibration set: varied registers (prose, math, code, dialogue, lists, other scripts,
+# the AutoThink format) so that no single kind of text decides which layers look saturated.
+CALIBRATION_TEXTS = (
+    "The river rose slowly through the night, and by morning the low fields along the valley were under water. "
+    "Farmers moved their animals to the hills while the council argued about who should pay for the new levees.",
+    "Solve for x: 3x + 7 = 22. Subtract 7 from both sides to get 3x = 15, then divide by 3, so x = 5. "
+    "Check: 3 * 5 + 7 = 22, which is correct.",
+    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n"
+    "print([fibonacci(i) for i in range(10)])",
+    "User: Can you recommend a book about the history of mathematics?\nAssistant: Try 'Journey through Genius' "
+    "by William Dunham; each chapter walks through one great theorem and the people behind it.",
+    "Ingredients: 200 g flour, 2 eggs, 300 ml milk, a pinch of salt. Whisk the eggs and milk, sift in the flour, "
+    "rest the batter for 30 minutes, then fry thin pancakes in a hot buttered pan.",
+    "If every knight always tells the truth and every knave always lies, and A says 'B is a knave' while B says "
+    "'we are both knights', then B must be a knave, so A told the truth and is a knight.",
+    "La photosynthèse transforme l'énergie lumineuse en énergie chimique. Die Zellen der Pflanzen speichern sie "
+    "als Zucker. 光合作用是植物获取能量的方式。",
+    "SELECT customer_id, SUM(amount) AS total FROM orders WHERE created_at >= '2024-01-01' "
+    "GROUP BY customer_id HAVING SUM(amount) > 1000 ORDER BY total DESC;",
+    "<judge>Multi-step arithmetic benefits from explicit reasoning.</judge><think_on><think>17 * 24 = 17 * 20 + "
+    "17 * 4 = 340 + 68 = 408.</think><answer>408</answer>",
+    "<judge>A greeting needs no reasoning.</judge><think_off><answer>Hello! How can I help you today?</answer>",
+    "The derivative of f(x) = x^3 sin(x) is f'(x) = 3x^2 sin(x) + x^3 cos(x) by the product rule; at x = 0 both "
+    "terms vanish, so the tangent line there is horizontal.",
+    "Release notes v2.3: fixed a crash when the config file was empty; the --verbose flag now prints timings; "
+    "dropped support for Python 3.8.",
+)
+
+
+@dataclass
+class UpscaleConfig:
+    """`autothink upscale`: saturation analysis, then depth upscaling to a target depth."""
+
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "embedded model name, model dir or hub id to upscale"})
+    output_dir: str = field(default="runs/upscale", metadata={"help": "where the upscaled model and reports go"})
+    target_layers: int | None = field(default=None, metadata={"help": "the new depth (in (L, 2L])"})
+    ratio: float | None = field(default=None, metadata={"help": "new depth = round(L * ratio); default 1.25"})
+    zero_init: bool = field(default=True, metadata={
+        "help": "zero each copy's o_proj and down_proj so the upscaled model computes the original function"})
+    calibration: str | None = field(default=None, metadata={
+        "help": "calibration texts: a .jsonl file (field `text`, or stage-1/chat rows: `prompt`/`messages` and "
+                "`completion`) or a text file (paragraphs separated by blank lines); default: built-in texts"})
+    n_calibration: int | None = field(default=None, metadata={"help": "use only the first N calibration texts"})
+    batch_size: int = field(default=8, metadata={"help": "calibration batch size"})
+    max_length: int = field(default=512, metadata={"help": "calibration texts are truncated to this many tokens"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
+    dtype: str = field(default="float32", metadata={"help": "dtype the model is loaded and saved in"})
+
+
+def _content(value) -> str:
+    """Text of a message list (`[{"role", "content"}]`) or a plain string."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
+        return "\n".join(m["content"] for m in value)
+    raise ValueError("expected a string or a list of {role, content} messages")
+
+
+def calibration_texts(config: UpscaleConfig) -> tuple[list[str], str]:
+    """The calibration texts and a description of where they came from.
+
+    Raises:
+        FileNotFoundError: no such file. RecordError: a JSONL row without usable text (named).
+        ValueError: no texts at all.
+    """
+    from autothink.jsonl import RecordError, read_jsonl
+
+    if config.calibration is None:
+        texts, source = list(CALIBRATION_TEXTS), "built-in"
+    else:
+        path = Path(config.calibration)
+        if not path.exists():
+            raise FileNotFoundError(f"calibration file {path} does not exist")
+        source = str(path)
+        if path.suffix == ".jsonl":
+            texts = []
+            for line, obj in read_jsonl(path):
+                keys = [k for k in ("text", "prompt", "messages", "completion") if k in obj]
+                if not keys:
+                    raise RecordError(path, line, "no `text`, `prompt`, `messages` or `completion` field")
+                try:
+                    parts = [_content(obj[k]) for k in keys if k != "text"] if "text" not in obj else [_content(obj["text"])]
+                except ValueError as err:
+                    raise RecordError(path, line, f"field {keys[0]!r}: {err}") from None
+                texts.append("\n".join(parts))
+        else:
+            texts = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    texts = [t for t in texts if t.strip()][: config.n_calibration]
+    if not texts:
+        raise ValueError(f"no calibration texts in {source}")
+    return texts, source
+
+
+def run_upscale(config: UpscaleConfig) -> dict:
+    """Measure saturation, duplicate the most saturated layers, write the upscaled checkpoint.
+
+    Writes into `config.output_dir`: the model (`AutoModelForCausalLM.from_pretrained` loads it,
+    no custom code) and its tokenizer, `saturation.json` (the per-layer table), `saturation.png`
+    (duplicated layers in red) and, last, `upscale.json` (source, depths, duplicated layers, the
+    original index of every new layer). A run whose `upscale.json` already records the same job
+    is not repeated.
+
+    Returns:
+        The `upscale.json` record.
+
+    Raises:
+        ValueError: unsupported architecture, a bad target depth, no calibration texts.
+    """
+    from autothink.models import load_model, resolve
+
+    out = Path(config.output_dir)
+    job = {"source": config.model, "target_layers": config.target_layers, "ratio": config.ratio,
+           "zero_init": config.zero_init, "calibration": config.calibration, "n_calibration": config.n_calibration}
+    done = out / "upscale.json"
+    if done.exists():
+        record = json.loads(done.read_text())
+        if record.get("job") == job:
+            print(f"upscale: {out} already holds this job ({record['layers_before']} -> {record['layers_after']} layers)")
+            return record
+    ratio = config.ratio if config.ratio is not None or config.target_layers is not None else 1.25
+    texts, source = calibration_texts(config)
+    model, tokenizer = load_model(config.model, device=config.device, dtype=config.dtype)
+    before = model.config.num_hidden_layers
+    target_depth(before, config.target_layers, ratio)  # fail before the calibration pass
+    print(f"upscale: saturation of {before} layers on {len(texts)} calibration texts ({source})")
+    table = saturation_table(model, tokenizer, texts, batch_size=config.batch_size, max_length=config.max_length)
+    duplicated = upscale(model, [row["saturation"] for row in table], target_layers=config.target_layers,
+                         ratio=ratio, zero_init=config.zero_init)
+    origin = [i for i in range(before) for _ in range(2 if i in duplicated else 1)]
+    out.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    calibration = {"source": source, "texts": len(texts), "max_length": config.max_length}
+    (out / "saturation.json").write_text(json.dumps(
+        {"model": config.model, "calibration": calibration,
+         "layers": [{**row, "duplicated": row["layer"] in duplicated} for row in table]}, indent=2) + "\n")
+    plot_saturation(table, out / "saturation.png", duplicated, title=f"{Path(resolve(config.model)).name} saturation")
+    record = {"job": job, "source": config.model, "resolved": resolve(config.model),
+              "architecture": type(model).__name__, "layers_before": before,
+              "layers_after": model.config.num_hidden_layers, "duplicated": duplicated, "layer_origin": origin,
+              "zero_init": config.zero_init, "calibration": calibration, "config": asdict(config)}
+    done.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"upscale: {before} -> {record['layers_after']} layers, duplicated {duplicated} -> {out}")
+    return record
