@@ -287,3 +287,26 @@ def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
         rows = load_dataset("json", data_files=str(out / name), split="train")
         assert len(rows) == len((out / name).read_text().splitlines()) > 0
     assert parse(rows[0]["prompt"][0]["content"]).answer is None and json.loads(rows[0]["reference"])["dataset"]
+
+
+def test_run_synth_writes_stage1_data_that_datasets_loads(tmp_path):
+    from datasets import load_dataset
+
+    from autothink.data.common import Backends
+    from autothink.data.synth import SynthConfig, run_synth
+
+    class Scripted(Backends):
+        def get(self, spec):
+            if spec == "critic":
+                return ScriptedBackend(lambda p, i: '{"accept": true, "issues": ""}')
+            return ScriptedBackend(lambda p, i: "6*7 = 42\nFinal answer: 42")
+
+    tagged = tmp_path / "tagged.jsonl"
+    rows = [MATH, {**MATH, "id": "m2", "regime": "on", "difficulty": 4}, {**MATH, "id": "m3", "reference": "41"}]
+    tagged.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = SynthConfig(input=str(tagged), output_dir=str(tmp_path), teachers=["teacher"], critic="critic", k=1)
+    results = run_synth(config, Scripted())
+    assert [r["status"] for r in results] == ["kept", "kept", "rejected"]
+    data = load_dataset("json", data_files=str(tmp_path / "stage1.jsonl"), split="train")
+    assert data["mode"] == ["off", "on"] and data["id"] == ["m1", "m2"]
+    assert data[1]["completion"][0]["content"].startswith("<think_on><think>6*7 = 42")
