@@ -1,6 +1,5 @@
 """The data pipeline: vote and labels, judge replies, each stage's logic, bad input, kill + resume."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autothink.algorithms.advantages import vote_mode
-from autothink.data.agents import Agent, Prompts, split_final_answer, strip_tags
-from autothink.data.common import Backends, StageConfig, as_task, check, load_queries
+from autothink.data.agents import Prompts, split_final_answer, strip_tags
+from autothink.data.common import Backends, StageConfig, agent_factory, as_task, check, load_tagged
 from autothink.data.runner import record_seed, run_records
 from autothink.format import DIRECTIVES, render
 from autothink.jsonl import write_jsonl
@@ -88,15 +88,8 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
 
 def run_coldstart(config: ColdstartConfig, backends: Backends | None = None) -> list[dict]:
     """Label and render cold-start data; writes `coldstart.records.jsonl`, `coldstart.jsonl`, `rl_prompts.jsonl`."""
-    records = load_queries(config)
-    missing = [r["id"] for r in records if r.get("regime") not in ("on", "off")]
-    if missing:
-        raise ValueError(f"{len(missing)} queries have no regime (e.g. {missing[0]!r}); run `autothink data tag` first")
-    backends = backends or Backends()
-
-    def agent(spec: str) -> Agent:
-        return Agent(backends.get(spec), config.temperature, config.max_tokens, config.retries)
-
+    records = load_tagged(config)
+    agent = agent_factory(config, backends)
     agents = {"on": agent(config.on_backend), "off": agent(config.off_backend or config.on_backend),
               "judge": agent(config.judge or config.on_backend)}
     prompts = Prompts(config.prompts_dir)

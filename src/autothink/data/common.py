@@ -4,7 +4,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from autothink.data.agents import Agent
 
 from autothink.jsonl import RecordError, read_jsonl
 from autothink.llm import Backend, make_backend
@@ -50,6 +52,15 @@ def load_queries(config: StageConfig) -> list[dict]:
     return records[: config.n]
 
 
+def load_tagged(config: StageConfig) -> list[dict]:
+    """Queries that `autothink data tag` has labelled (each with a regime)."""
+    records = load_queries(config)
+    untagged = [r["id"] for r in records if r.get("regime") not in ("on", "off")]
+    if untagged:
+        raise ValueError(f"{len(untagged)} queries have no regime (e.g. {untagged[0]!r}); run `autothink data tag` first")
+    return records
+
+
 TASK_FIELDS = {"prompt", *Task.__dataclass_fields__}
 
 
@@ -64,6 +75,12 @@ def check(task: Task, response: str) -> tuple[bool | None, str]:
         return None, "no verifier"
     verdict = verify(task.verifier, response, task.reference)
     return verdict.passed, verdict.detail
+
+
+def agent_factory(config: StageConfig, backends: "Backends | None" = None) -> Callable[[str], Agent]:
+    """`spec -> Agent` with the stage's sampling settings, sharing one backend per spec."""
+    backends = backends or Backends()
+    return lambda spec: Agent(backends.get(spec), config.temperature, config.max_tokens, config.retries)
 
 
 class Backends:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autothink.data.agents import Agent, AgentError, Prompts, split_final_answer, strip_tags
-from autothink.data.common import Backends, StageConfig, as_task, check, load_queries
+from autothink.data.agents import AgentError, Prompts, split_final_answer, strip_tags
+from autothink.data.common import Backends, StageConfig, agent_factory, as_task, check, load_tagged
 from autothink.data.runner import record_seed, run_records
 from autothink.format import ANSWER, ANSWER_END, THINK, THINK_END, THINK_OFF, THINK_ON
 from autothink.jsonl import write_jsonl
@@ -129,15 +129,8 @@ def _kept(record: dict, mode: str, completion: str, how: str, provenance: list) 
 
 def run_synth(config: SynthConfig, backends: Backends | None = None) -> list[dict]:
     """Synthesize stage-1 data for tagged queries; writes `synth.records.jsonl` and `stage1.jsonl`."""
-    records = load_queries(config)
-    untagged = [r["id"] for r in records if r.get("regime") not in ("on", "off")]
-    if untagged:
-        raise ValueError(f"{len(untagged)} queries have no regime (e.g. {untagged[0]!r}); run `autothink data tag` first")
-    backends = backends or Backends()
-
-    def agent(spec: str) -> Agent:
-        return Agent(backends.get(spec), config.temperature, config.max_tokens, config.retries)
-
+    records = load_tagged(config)
+    agent = agent_factory(config, backends)
     solver = config.solver or config.teachers[0]
     agents = {
         "teachers": [agent(spec) for spec in config.teachers],

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autothink.data.agents import Agent, AgentError, Prompts
-from autothink.data.common import Backends, StageConfig, as_task, load_queries
+from autothink.data.common import Backends, StageConfig, agent_factory, as_task, load_queries
 from autothink.data.runner import record_seed, run_records
 from autothink.tasks import DOMAINS
 
@@ -95,11 +95,7 @@ def tag_record(record: dict, judge: Agent | None, prompts: Prompts, threshold: i
 def run_tag(config: TagConfig, backends: Backends | None = None) -> list[dict]:
     """Tag every query of `config.input`; writes `tagged.jsonl` in `config.output_dir`."""
     records = load_queries(config)
-    backends = backends or Backends()
-    judge = None
-    if config.judge:
-        judge = Agent(backends.get(config.judge), temperature=config.temperature, max_tokens=config.max_tokens,
-                      retries=config.retries)
+    judge = agent_factory(config, backends)(config.judge) if config.judge else None
     prompts = Prompts(config.prompts_dir)
     return run_records(
         records, lambda r: tag_record(r, judge, prompts, config.threshold, config.retag),
