@@ -32,7 +32,7 @@ class ScriptedBackend(Backend):
     def __init__(self, rule, name="scripted"):
         self.rule, self.name, self.calls = rule, name, 0
 
-    def generate(self, conversations, params, thinking=None):
+    def _generate(self, conversations, params, thinking):
         self.calls += 1
         return [[Completion(self.rule(c[-1]["content"], i), "stop", 5) for i in range(params.n)] for c in conversations]
 

@@ -166,7 +166,7 @@ class Slow(Backend):
 
     name = "slow"
 
-    def generate(self, conversations, params, thinking=None):
+    def _generate(self, conversations, params, thinking):
         time.sleep(0.05)
         return [[Completion(f"{c[-1]['content']}#{i}", "stop", 1) for i in range(params.n)] for c in conversations]
 

@@ -87,7 +87,6 @@ class Backend(ABC):
 
     name: str = "backend"
 
-    @abstractmethod
     def generate(
         self,
         conversations: Sequence[Conversation],
@@ -95,6 +94,17 @@ class Backend(ABC):
         thinking: str | None = None,
     ) -> list[list[Completion]]:
         """One list of `params.n` completions per conversation, in the order given."""
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        check_thinking(thinking)
+        conversations = [list(c) for c in conversations]
+        return self._generate(conversations, params, thinking) if conversations else []
+
+    @abstractmethod
+    def _generate(
+        self, conversations: list[Conversation], params: SamplingParams, thinking: str | None
+    ) -> list[list[Completion]]:
+        """`generate` on validated arguments and at least one conversation."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -17,12 +17,12 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import openai
 
-from . import Backend, BackendError, Completion, Conversation, SamplingParams, check_thinking
+from . import Backend, BackendError, Completion, Conversation, SamplingParams
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -190,18 +190,10 @@ class HTTPBackend(Backend):
             "thinking": thinking,
         }
 
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        thinking: str | None = None,
+    def _generate(
+        self, conversations: list[Conversation], params: SamplingParams, thinking: str | None
     ) -> list[list[Completion]]:
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-        check_thinking(thinking)
-        requests = [self.request_for(list(c), params, thinking) for c in conversations]
-        if not requests:
-            return []
+        requests = [self.request_for(c, params, thinking) for c in conversations]
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)), thread_name_prefix="llm-http")
         try:
             futures = [pool.submit(self._complete, r) for r in requests]

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from transformers import StoppingCriteriaList, StopStringCriteria
 
-from . import Backend, Completion, Conversation, SamplingParams, check_thinking
+from . import Backend, Completion, Conversation, SamplingParams
 
 
 class LocalBackend(Backend):
@@ -83,23 +83,14 @@ class LocalBackend(Backend):
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        params: SamplingParams,
-        thinking: str | None = None,
+    def _generate(
+        self, conversations: list[Conversation], params: SamplingParams, thinking: str | None
     ) -> list[list[Completion]]:
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-        check_thinking(thinking)
-        conversations = list(conversations)
-        if not conversations:
-            return []
         prompts = self._encode(conversations, thinking)
         with self._lock:
-            return self._generate(prompts, params)
+            return self._sample(prompts, params)
 
-    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def _sample(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         rows = [i for i in range(len(prompts)) for _ in range(params.n)]  # row -> conversation
         # Longest prompts first, stable: batches hold rows of similar length.
         order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r]]))
