@@ -156,7 +156,9 @@ def test_think_on_multi_agent_loop():
     critiques = iter(['{"accept": false, "issues": "6*7 is not 48"}', '{"accept": true, "issues": ""}'])
     critic = agent(lambda p, i: next(critiques))
     out = synth_on(record, {"solver": solver, "thinker": thinker, "critic": critic}, PROMPTS, rounds=2)
-    assert out["status"] == "kept" and [r["passed"] for r in out["provenance"]] == [False, True]
+    assert out["status"] == "kept" and [r["passed"] for r in out["provenance"][1:]] == [False, True]
+    assert out["provenance"][0] == {"solver": "scripted", "thinker": "scripted", "critic": "scripted"}
+    assert out["how"] == "accepted in round 1"
     text = out["completion"][0]["content"]
     assert text.startswith("<think_on><think>")
     parsed = parse("<judge></judge>" + text)
@@ -174,6 +176,7 @@ def test_coldstart_votes_and_renders_judge_then_answer():
     config = ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=0.0)
     out = coldstart_record(MATH, {"on": on, "off": off, "judge": judge}, PROMPTS, config)
     assert out["pass_rates"] == {"on": 1.0, "off": 0.5} and out["mode"] == "on" and out["label"]["source"] == "vote"
+    assert out["provenance"]["off"] == {"backend": "scripted", "verdicts": [True, False]}
     parsed = parse(out["messages"][-1]["content"])
     assert parsed.well_formed and (parsed.mode, parsed.answer, parsed.think) == ("on", "42", "6 sevens: 42")
     assert parsed.judge == "It needs a multiplication  only."  # tags stripped from agent text

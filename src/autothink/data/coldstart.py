@@ -64,7 +64,11 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
                          config.random_fraction, config.directive_fraction, config.seed)
     mode = label["mode"]
     usable = [reply for reply, passed in samples[mode] if passed is not False]
-    base = {"id": task.id, "pass_rates": rates, "label": label}
+    provenance = {
+        mode: {"backend": agents[mode].backend.name, "verdicts": [passed for _, passed in samples[mode]]}
+        for mode in samples
+    } | {"judge": agents["judge"].backend.name}
+    base = {"id": task.id, "pass_rates": rates, "label": label, "provenance": provenance}
     if not usable:
         return base | {"status": "rejected", "reason": f"no verified think-{mode} response"}
     rationale = agents["judge"].ask(

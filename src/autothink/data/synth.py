@@ -81,7 +81,7 @@ def synth_off(record: dict, agents: dict, prompts: Prompts, k: int) -> dict:
 def synth_on(record: dict, agents: dict, prompts: Prompts, rounds: int) -> dict:
     task = as_task(record)
     seed = record_seed(task.id, "on")
-    log: list[dict] = []
+    log: list[dict] = [{role: agents[role].backend.name for role in ("solver", "thinker", "critic")}]
     try:
         draft = agents["solver"].ask(prompts.messages("solver", query=task.prompt), seed=seed)[0]
         trace = [draft]
@@ -107,7 +107,7 @@ def synth_on(record: dict, agents: dict, prompts: Prompts, rounds: int) -> dict:
         return {"id": task.id, "status": "rejected", "reason": f"backend failed: {type(err).__name__}: {err}", "rounds": log}
     reasoning, answer = split_final_answer("\n\n".join(trace))
     completion = f"{THINK_ON}{THINK}{strip_tags(reasoning)}{THINK_END}{ANSWER}{strip_tags(answer or draft)}{ANSWER_END}"
-    return _kept(record, "on", completion, f"accepted in round {len(log) - 1}", log)
+    return _kept(record, "on", completion, f"accepted in round {len(log) - 2}", log)
 
 
 def _validate_critique(obj: dict) -> dict:
