@@ -312,3 +312,34 @@ def test_run_synth_writes_stage1_data_that_datasets_loads(tmp_path):
     data = load_dataset("json", data_files=str(tmp_path / "stage1.jsonl"), split="train")
     assert data["mode"] == ["off", "on"] and data["id"] == ["m1", "m2"]
     assert data[1]["completion"][0]["content"].startswith("<think_on><think>6*7 = 42")
+
+
+def test_edited_prompt_templates_are_used(tmp_path):
+    (tmp_path / "critic.txt").write_text("Judge harshly: $solution")
+    prompts = Prompts(tmp_path)
+    assert prompts.render("critic", query="q", solution="1+1=3") == "Judge harshly: 1+1=3"
+    assert "Question:\nq" in prompts.render("solver", query="q")  # not overridden: the packaged default
+    (tmp_path / "solver.txt").write_text("Solve $question")
+    with pytest.raises(ValueError, match=r"uses \$question"):
+        Prompts(tmp_path).render("solver", query="q")
+    with pytest.raises(ValueError, match="does not exist"):
+        Prompts(tmp_path / "missing")
+
+
+def test_report_counts_and_plots(tmp_path):
+    from autothink.data.report import stats, write_report
+
+    tagged = [{**MATH, "id": f"q{i}", "regime": "on" if i < 2 else "off", "difficulty": 1 + i % 3,
+               "tag": {"by": "heuristic"}} for i in range(5)]
+    (tmp_path / "tagged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tagged))
+    synth = [{"id": "q0", "status": "kept"}, {"id": "q1", "status": "rejected", "reason": "not verified after 2 rounds"},
+             {"id": "q2", "status": "kept"}, {"id": "q3", "status": "error", "error": "ConnectionError: down"},
+             {"id": "q4", "status": "rejected", "reason": "no verified answer"}]
+    (tmp_path / "synth.records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synth))
+    s = stats(tmp_path)
+    assert s["regime"] == {"on": 2, "off": 3} and s["difficulty"] == {1: 2, 2: 2, 3: 1}
+    assert s["stages"]["synth"]["yield_by_regime"] == {"on": 0.5, "off": pytest.approx(1 / 3)}
+    assert s["stages"]["synth"]["reasons"] == {"not verified after N rounds": 1, "ConnectionError": 1, "no verified answer": 1}
+    report = write_report(tmp_path).read_text()
+    assert "## Stage: synth" in report and "| no verified answer | 1 |" in report
+    assert (tmp_path / "report.png").stat().st_size > 10_000
