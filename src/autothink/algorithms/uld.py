@@ -15,6 +15,11 @@ Two ways to pair positions (DESIGN §4):
   teacher position are paired when their tokens end at the same byte of the same text, so both
   logits predict what follows the same byte boundary.
 
+For training (`autothink.distill`): `prediction_bounds` + `pair_rows` pair the rows of a
+response in either way, `sorted_probs` turns teacher logits into sorted (optionally top-k)
+probabilities once, `uld_loss_sorted` scores student logits against them, `shift_pairs` moves
+the pairs to an MTP head, and `mtp_distill_loss` is the total over the main and MTP heads.
+
 Everything here is plain torch (no TRL); shapes are in the docstrings.
 """
 from __future__ import annotations
@@ -41,18 +46,40 @@ def _sorted_l1(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
     Returns:
         `[N]`, each in [0, 2].
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
-    # Half precision loses too much in a 100k-way softmax; compute in at least fp32.
-    dtype = torch.promote_types(student.dtype, torch.float32)
-    p_s = torch.softmax(student.to(dtype) / temperature, dim=-1)
-    p_t = torch.softmax(teacher.to(dtype) / temperature, dim=-1)
-    p_s = p_s.sort(dim=-1, descending=True).values  # (N, Vs)
-    p_t = p_t.sort(dim=-1, descending=True).values  # (N, Vt)
+    return _padded_l1(sorted_probs(student, temperature), sorted_probs(teacher, temperature))
+
+
+def _padded_l1(p_s: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
+    """L1 between two sorted distributions `[..., Vs]` and `[..., Vt]`, the shorter zero-padded."""
     v = max(p_s.shape[-1], p_t.shape[-1])
     p_s = F.pad(p_s, (0, v - p_s.shape[-1]))  # zeros sort last: padding keeps the order
     p_t = F.pad(p_t, (0, v - p_t.shape[-1]))
     return (p_s - p_t).abs().sum(dim=-1)
+
+
+def sorted_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    """softmax(logits / temperature), sorted in descending order, optionally only the top k.
+
+    Computed in at least fp32 (half precision loses too much in a 100k-way softmax). The top-k
+    values are probabilities of the full softmax, not renormalised: the omitted tail stands for
+    zeros (see `uld_loss_sorted`).
+
+    Args:
+        logits: `[..., V]`. temperature: > 0. top_k: keep the k largest (None or >= V: all V).
+
+    Returns:
+        `[..., K]` with K = min(top_k, V).
+
+    >>> sorted_probs(torch.tensor([0.0, 2.0, 1.0]), top_k=2).shape
+    torch.Size([2])
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    probs = torch.softmax(logits.to(dtype) / temperature, dim=-1)
+    if top_k is not None and top_k < probs.shape[-1]:
+        return probs.topk(top_k, dim=-1).values  # sorted descending
+    return probs.sort(dim=-1, descending=True).values
 
 
 def _batch_mean(per_pair: torch.Tensor, sample: torch.Tensor, batch: int, anchor: torch.Tensor) -> torch.Tensor:
@@ -187,6 +214,84 @@ def uld_loss_aligned(
     return _batch_mean(per_pair, sample, b, student_logits)
 
 
+def uld_loss_sorted(
+    student_logits: torch.Tensor,
+    student_index: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """ULD loss against teacher distributions that are already sorted (e.g. precomputed top-k).
+
+    Pair p of sample b compares the sorted softmax of `student_logits[b, student_index[b, p]]`
+    with `teacher_probs[b, p]`. When the teacher rows hold only its top-k probabilities (see
+    `sorted_probs`), the omitted tail counts as zeros: the loss is the L1 over the teacher's
+    top-k mass, sum_{r<=k} |p_s(r) - p_t(r)| + sum_{r>k} p_s(r), which never sees the teacher's
+    missing tail (1 - its top-k mass). With k = the full vocabulary it equals `uld_loss_aligned`.
+    Reduction as in `uld_loss`.
+
+    Args:
+        student_logits: `[B, Ts, Vs]`.
+        student_index: `[B, N]` long, positions into Ts; -1 = no pair.
+        teacher_probs: `[B, N, K]` probabilities sorted descending (zero rows where padded).
+        temperature: softmax temperature of the student (> 0); the teacher's was applied when
+            its probabilities were computed.
+
+    Returns:
+        A scalar tensor in [0, 2].
+
+    Raises:
+        ValueError: shapes that do not fit, or an index out of range.
+
+    >>> s = torch.randn(1, 3, 5)
+    >>> t = sorted_probs(torch.randn(1, 2, 7))
+    >>> float(uld_loss_sorted(s, torch.tensor([[0, 2]]), t)) > 0
+    True
+    """
+    _check_logits("student_logits", student_logits)
+    b = student_logits.shape[0]
+    if student_index.dim() != 2 or student_index.shape[0] != b or teacher_probs.dim() != 3 or (
+        tuple(teacher_probs.shape[:2]) != tuple(student_index.shape)
+    ):
+        raise ValueError(
+            f"shapes do not fit: student_logits {tuple(student_logits.shape)}, student_index "
+            f"{tuple(student_index.shape)}, teacher_probs {tuple(teacher_probs.shape)} (want [B, Ts, Vs], [B, N], [B, N, K])"
+        )
+    valid = student_index >= 0
+    if valid.any() and int(student_index[valid].max()) >= student_logits.shape[1]:
+        raise ValueError(f"student_index has position {int(student_index[valid].max())} >= T = {student_logits.shape[1]}")
+    sample, pair = valid.nonzero(as_tuple=True)  # (N,), (N,)
+    p_s = sorted_probs(student_logits[sample, student_index[sample, pair]], temperature)  # (N, Vs)
+    p_t = teacher_probs[sample, pair].to(p_s.dtype)  # (N, K)
+    return _batch_mean(_padded_l1(p_s, p_t), sample, b, student_logits)
+
+
+def shift_pairs(student_index: torch.Tensor, teacher_index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs for MTP head k from the main head's pairs.
+
+    A main-head pair (i, j) says that student position i and teacher position j predict the same
+    next token (the token starting at the same byte). MTP head k at student position i - k
+    predicts that same token (it reads t_{i} and predicts t_{i+1}), so it pairs with teacher
+    position j. Pairs whose shifted student position falls before 0 are dropped (-1 on both).
+
+    Args:
+        student_index, teacher_index: `[B, N]` long, -1 = no pair (at the same places).
+        k: the MTP depth (0 = the main head, pairs unchanged).
+
+    Returns:
+        `(student_index - k, teacher_index)` with -1 where there is no pair.
+
+    >>> shift_pairs(torch.tensor([[3, 5, 1, -1]]), torch.tensor([[0, 1, 2, -1]]), 2)
+    (tensor([[ 1,  3, -1, -1]]), tensor([[ 0,  1, -1, -1]]))
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0; got {k}")
+    if student_index.shape != teacher_index.shape:
+        raise ValueError(f"student_index {tuple(student_index.shape)} and teacher_index {tuple(teacher_index.shape)} differ")
+    shifted = student_index - k
+    drop = (student_index < 0) | (teacher_index < 0) | (shifted < 0)
+    return shifted.masked_fill(drop, -1), teacher_index.masked_fill(drop, -1)
+
+
 # --------------------------------------------------------------------------- CE and the total
 
 
@@ -274,6 +379,80 @@ def distill_loss(
     ce = causal_lm_ce(student_logits, labels) if w_ce else zero
     uld = uld_loss(student_logits, teacher_logits, student_mask, teacher_mask, temperature) if w_uld else zero
     return DistillLoss(loss=w_ce * ce + w_uld * uld, ce=ce, uld=uld)
+
+
+@dataclass
+class MTPDistillLoss:
+    """The weighted total and its parts: main-head CE and ULD, and the MTP heads' mean CE and ULD."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    uld: torch.Tensor
+    mtp_ce: torch.Tensor
+    mtp_uld: torch.Tensor
+
+
+def mtp_distill_loss(
+    logits: torch.Tensor,
+    mtp_logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    student_index: torch.Tensor | None = None,
+    teacher_probs: torch.Tensor | None = None,
+    w_ce: float = 1.0,
+    w_uld: float = 1.0,
+    mtp_weight: float = 0.3,
+    temperature: float = 1.0,
+) -> MTPDistillLoss:
+    """Stage-1 loss with MTP heads (DESIGN §4):
+
+        w_ce·CE_0 + w_uld·ULD_0 + (λ/D)·Σ_{k=1..D} (w_ce·CE_k + w_uld·ULD_k)
+
+    CE_k scores head k at position i against `labels[:, i + k + 1]` (`causal_lm_ce`); ULD_k pairs
+    head k at position i - k with the teacher row the main head's position i is paired with
+    (`shift_pairs`), so each head is supervised by the teacher's distribution for the token it
+    predicts.
+
+    Args:
+        logits: `[B, T, V]` main head. mtp_logits: D × `[B, T, V]` (may be empty).
+        labels: `[B, T]` HF convention, -100 = no CE loss.
+        student_index: `[B, N]` the main head's paired positions (-1 = none).
+        teacher_probs: `[B, N, K]` the teacher's sorted probabilities for those pairs
+            (`sorted_probs`); both may be None when `w_uld` is 0.
+        w_ce, w_uld: term weights (a zero weight skips that term). mtp_weight: λ.
+        temperature: the student's softmax temperature in ULD.
+
+    Returns:
+        `MTPDistillLoss`; `mtp_ce` / `mtp_uld` are the means over the D heads (0 without heads).
+
+    >>> labels = torch.tensor([[-100, 1, 2, 3]])
+    >>> out = mtp_distill_loss(torch.zeros(1, 4, 5), [], labels, w_uld=0.0)
+    >>> round(float(out.loss), 4)  # ln 5
+    1.6094
+    """
+    if w_uld and (student_index is None or teacher_probs is None):
+        raise ValueError("w_uld > 0 needs student_index and teacher_probs")
+    zero = logits.sum() * 0.0
+    cols = None
+    if w_uld:
+        cols = torch.arange(student_index.shape[1], device=student_index.device).expand_as(student_index)
+        cols = cols.masked_fill(student_index < 0, -1)
+
+    def head(k: int, head_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ce = causal_lm_ce(head_logits, labels, shift=k + 1) if w_ce else zero
+        if not w_uld:
+            return ce, zero
+        s_index, _ = shift_pairs(student_index, cols, k)  # column p still indexes teacher_probs[:, p]
+        return ce, uld_loss_sorted(head_logits, s_index, teacher_probs, temperature)
+
+    ce, uld = head(0, logits)
+    total = w_ce * ce + w_uld * uld
+    parts = [head(k, x) for k, x in enumerate(mtp_logits, start=1)]
+    if not parts:
+        return MTPDistillLoss(total, ce, uld, zero, zero)
+    mtp_ce = torch.stack([p[0] for p in parts]).mean()
+    mtp_uld = torch.stack([p[1] for p in parts]).mean()
+    total = total + mtp_weight * (w_ce * mtp_ce + w_uld * mtp_uld)  # (λ/D)·Σ = λ·mean
+    return MTPDistillLoss(total, ce, uld, mtp_ce, mtp_uld)
 
 
 # --------------------------------------------------------------------------- byte-offset alignment
@@ -379,3 +558,52 @@ def collate_alignments(
         s[b, : len(si)] = torch.as_tensor(si, dtype=torch.long) + so
         t[b, : len(ti)] = torch.as_tensor(ti, dtype=torch.long) + to
     return s, t
+
+
+def prediction_bounds(text: str, tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of `text` and, per prediction row, the byte offset the predicted token starts at.
+
+    Row r is the position whose logits predict token r of `text` (for a response after a prompt:
+    the position just before it). `bounds[0] = 0`; `bounds[r]` = the UTF-8 byte offset where
+    token r-1 ends, or -1 when it ends inside a character; `bounds[len(ids)]` is the end of the
+    text (the row that predicts what follows it, e.g. EOS). Two tokenizations' rows with the
+    same bound have read the same bytes and predict what follows them (`pair_rows`).
+
+    Args:
+        text: e.g. a response. tokenizer: a fast Hugging Face tokenizer.
+
+    Returns:
+        `(ids, bounds)` with `len(bounds) == len(ids) + 1`.
+
+    Raises:
+        ValueError: the tokenizer is not fast or cannot give offsets.
+    """
+    ids, ends = _token_byte_ends(text, tokenizer)
+    return ids, [0] + [-1 if end is None else end for end in ends]
+
+
+def pair_rows(
+    student_bounds: Sequence[int], teacher_bounds: Sequence[int], alignment: str = "bytes"
+) -> tuple[list[int], list[int]]:
+    """Pair the prediction rows of two tokenizations of one response.
+
+    Args:
+        student_bounds, teacher_bounds: per row, the byte offset of the predicted token's start
+            (`prediction_bounds`, possibly truncated; -1 = not on a character boundary).
+        alignment: "position" (the first min(Ns, Nt) rows in order, the ULD paper) or "bytes"
+            (rows with the same byte offset).
+
+    Returns:
+        `(student_rows, teacher_rows)`, ascending.
+
+    >>> pair_rows([0, 3, -1, 7, 9], [0, 2, 3, 9], "bytes")
+    ([0, 1, 4], [0, 2, 3])
+    """
+    if alignment == "position":
+        m = min(len(student_bounds), len(teacher_bounds))
+        return list(range(m)), list(range(m))
+    if alignment != "bytes":
+        raise ValueError(f"alignment must be 'position' or 'bytes'; got {alignment!r}")
+    at = {b: j for j, b in enumerate(teacher_bounds) if b >= 0}
+    pairs = [(i, at[b]) for i, b in enumerate(student_bounds) if b >= 0 and b in at]
+    return [i for i, _ in pairs], [j for _, j in pairs]
