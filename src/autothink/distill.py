@@ -1,0 +1,553 @@
+"""`autothink distill`: stage 1 — distil teachers into a student with MTP heads (ULD + CE).
+
+Data: stage-1 JSONL (`autothink data synth`): `{"id", "prompt": [messages], "completion":
+[{"role": "assistant", "content": "<think_on>..."}], "mode", ...}`. The student reads its chat
+template of the prompt, the regime trigger (`<think_on>`/`<think_off>`, no loss) and the rest
+of the completion plus EOS (the loss). Each teacher reads the same text with its own tokenizer
+and chat template. Think-on and think-off rows may have different teachers.
+
+Teachers: live (any local HF causal LM, any tokenizer; run under no_grad) or a directory of
+precomputed top-k log-probs (`--precompute`, for teachers too large to sit beside the student).
+With top-k, the tail of each teacher distribution counts as zeros: the ULD term is the L1 over
+the teacher's top-k mass (`algorithms.uld.uld_loss_sorted`); with k = the vocabulary it equals
+the live teacher's loss.
+
+Loss (`algorithms.uld.mtp_distill_loss`): w_ce·CE + w_uld·ULD for the main head plus
+(λ/D)·Σ_k (w_ce·CE_k + w_uld·ULD_k) for the D MTP heads; head k is paired with the teacher row
+that predicts the same future token. Rows are paired by byte offsets (`alignment: bytes`) or in
+order (`alignment: position`, the ULD paper).
+
+Training is the HF `Trainer` (checkpoints, `resume_from_checkpoint`, `report_to`, `accelerate
+launch` / `torchrun`); the output dir gets the student (a plain checkpoint that
+`AutoModelForCausalLM.from_pretrained` loads alone) with `mtp_heads.safetensors` beside it
+(`autothink.mtp.load_mtp`), its tokenizer, `trainer_state.json` and `metrics.json`.
+
+    autothink distill --student smollm2-135m-instruct --teacher gemma-3-270m --data runs/data/stage1.jsonl
+    autothink distill --precompute --teacher big-model-dir --data stage1.jsonl --teacher_logprobs runs/teacher
+    accelerate launch $(which autothink) distill --config distill.yaml
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from autothink.algorithms.uld import IGNORE_INDEX, mtp_distill_loss, pair_rows, prediction_bounds, sorted_probs
+from autothink.format import MODE_TOKENS, add_autothink_tokens, install_chat_template
+from autothink.jsonl import RecordError, read_jsonl
+from autothink.mtp import HEADS_FILE, MTPConfig, MTPModel, has_mtp, load_mtp, save_mtp
+
+STORE_FORMAT = "autothink-teacher-topk/1"
+SHARD_SIZE = 256  # samples per precomputed shard (the unit of resumption)
+_REGIME = {token: mode for mode, token in MODE_TOKENS.items()}  # "<think_on>" -> "on"
+
+
+@dataclass
+class DistillConfig(TrainingArguments):
+    """Stage-1 distillation options plus every HF `TrainingArguments` field (lr, steps, save_steps, ...)."""
+
+    student: str = field(default="smollm2-135m-instruct", metadata={"help": "embedded name, model dir or hub id"})
+    teacher: str | None = field(default=None, metadata={"help": "teacher for both regimes (model dir, embedded name, hub id)"})
+    teacher_on: str | None = field(default=None, metadata={"help": "teacher of think-on rows (default: --teacher)"})
+    teacher_off: str | None = field(default=None, metadata={"help": "teacher of think-off rows (default: --teacher)"})
+    teacher_logprobs: str | None = field(default=None, metadata={
+        "help": "dir of precomputed teacher top-k log-probs: written by --precompute, read instead of live teachers"})
+    data: str = field(default="runs/data/stage1.jsonl", metadata={"help": "stage-1 JSONL (autothink data synth)"})
+    n: int | None = field(default=None, metadata={"help": "use only the first N rows"})
+    mtp_heads: int = field(default=1, metadata={"help": "D, the number of MTP heads (0: none)"})
+    mtp_weight: float = field(default=0.3, metadata={"help": "λ in (λ/D)·Σ_k (CE_k + ULD_k)"})
+    w_ce: float = field(default=1.0, metadata={"help": "weight of the cross-entropy terms"})
+    w_uld: float = field(default=1.0, metadata={"help": "weight of the ULD terms (0: plain SFT, no teacher)"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both sides in ULD"})
+    alignment: Literal["bytes", "position"] = field(default="bytes", metadata={
+        "help": "pair student and teacher rows by byte offsets or in order (ULD paper)"})
+    max_length: int = field(default=1024, metadata={"help": "tokens per sequence (each side); the response tail is cut"})
+    top_k: int = field(default=64, metadata={"help": "--precompute keeps the teacher's top k log-probs (0: all)"})
+    teacher_dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    teacher_batch_size: int = field(default=4, metadata={"help": "batch size of --precompute"})
+    add_tokens: bool = field(default=True, metadata={"help": "add the AutoThink tokens to the student"})
+    precompute: bool = field(default=False, metadata={"help": "only write teacher top-k log-probs to --teacher_logprobs"})
+    # TrainingArguments fields whose defaults differ here
+    output_dir: str | None = field(default="runs/distill", metadata={"help": "checkpoints and the final student"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep False: the collator needs every field"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    resume_from_checkpoint: str | None = field(default="auto", metadata={
+        "help": "auto (the last checkpoint in output_dir, if any), true/last (it must exist), none, or a path"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mtp_heads < 0 or self.temperature <= 0 or self.top_k < 0 or self.max_length < 2:
+            raise ValueError("need mtp_heads >= 0, temperature > 0, top_k >= 0 and max_length >= 2")
+        if self.alignment not in ("bytes", "position"):
+            raise ValueError(f"alignment must be 'bytes' or 'position'; got {self.alignment!r}")
+
+    def teachers(self) -> dict[str, str | None]:
+        return {"on": self.teacher_on or self.teacher, "off": self.teacher_off or self.teacher}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _messages(value, what: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": "user" if what == "prompt" else "assistant", "content": value}]
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        return value
+    raise ValueError(f"field {what!r}: expected a string or a non-empty list of {{role, content}} messages")
+
+
+def load_stage1(path: str | os.PathLike, n: int | None = None) -> list[dict]:
+    """Stage-1 rows as `{"id", "prompt", "regime", "trigger", "body", "sha"}`.
+
+    Raises:
+        FileNotFoundError: no such file. RecordError: a bad row (file, line, field named): no
+            trigger at the start of the completion, a `mode` that contradicts it, a duplicate id.
+    """
+    rows, seen = [], {}
+    for line, obj in read_jsonl(path):
+        try:
+            if not isinstance(obj.get("id"), (str, int)):
+                raise ValueError("field 'id': missing (a string or an integer)")
+            prompt = _messages(obj.get("prompt"), "prompt")
+            completion = _messages(obj.get("completion"), "completion")
+            if len(completion) != 1 or completion[0]["role"] != "assistant":
+                raise ValueError("field 'completion': expected exactly one assistant message")
+            content = completion[0]["content"].lstrip()
+            trigger = next((t for t in _REGIME if content.startswith(t)), None)
+            if trigger is None:
+                raise ValueError(f"field 'completion': must start with a regime trigger {' or '.join(_REGIME)}")
+            if obj.get("mode") not in (None, _REGIME[trigger]):
+                raise ValueError(f"field 'mode': {obj['mode']!r} contradicts the completion's trigger {trigger}")
+        except ValueError as err:
+            raise RecordError(path, line, str(err)) from None
+        key = str(obj["id"])
+        if key in seen:
+            raise RecordError(path, line, f"duplicate id {key!r} (first on line {seen[key]})")
+        seen[key] = line
+        sha = hashlib.sha256(json.dumps([prompt, content], ensure_ascii=False).encode()).hexdigest()[:16]
+        rows.append({"id": key, "prompt": prompt, "regime": _REGIME[trigger], "trigger": trigger,
+                     "body": content[len(trigger):], "sha": sha})
+    return rows[:n]
+
+
+def _ensure_template(tokenizer, name: str) -> None:
+    if tokenizer.chat_template is None:
+        print(f"distill: {name} has no chat template; using ChatML")
+        install_chat_template(tokenizer)
+
+
+def encode(tokenizer, row: dict, max_length: int) -> dict:
+    """One side's tokens: chat-templated prompt + trigger (no loss) + body + EOS, cut to max_length.
+
+    Returns:
+        `{"input_ids", "start", "bounds"}`: the response starts at `start`; prediction row r sits
+        at position start - 1 + r and `bounds[r]` is the byte where its target starts
+        (`prediction_bounds`), for the rows whose target survived the cut.
+    """
+    text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    head = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not head or head[0] != bos) and tokenizer("a")["input_ids"][:1] == [bos]:
+        head = [bos] + head  # the tokenizer wants a BOS that the template did not write
+    head += tokenizer(row["trigger"], add_special_tokens=False)["input_ids"]
+    body, bounds = prediction_bounds(row["body"], tokenizer)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = (head + body + eos)[:max_length]
+    rows = max(0, min(len(body) + len(eos), len(ids) - len(head)))
+    return {"input_ids": ids, "start": len(head), "bounds": bounds[:rows]}
+
+
+class TeacherStore:
+    """Precomputed teacher rows: `meta.json` + `shard-NNNNN.safetensors` (per sample j of a shard:
+    `logprobs.j` `[M, K]` sorted descending and `bounds.j` `[M]`; ids and hashes in the metadata)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        from safetensors import safe_open
+
+        self.dir = Path(directory)
+        if not (self.dir / "meta.json").exists():
+            raise FileNotFoundError(f"{self.dir}/meta.json not found: write it with `autothink distill --precompute`")
+        self.meta = json.loads((self.dir / "meta.json").read_text())
+        if self.meta.get("format") != STORE_FORMAT:
+            raise ValueError(f"{self.dir}/meta.json: format {self.meta.get('format')!r}, expected {STORE_FORMAT!r}")
+        self.index: dict[str, tuple[Path, int, str]] = {}
+        for path in sorted(self.dir.glob("shard-*.safetensors")):
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata()
+            for j, (key, sha) in enumerate(zip(json.loads(meta["ids"]), json.loads(meta["shas"]))):
+                self.index[key] = (path, j, sha)
+
+    def _get(self, row: dict, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if row["id"] not in self.index:
+            raise ValueError(f"{self.dir} has no teacher log-probs for sample {row['id']!r}: run --precompute on this data")
+        path, j, sha = self.index[row["id"]]
+        if sha != row["sha"]:
+            raise ValueError(f"sample {row['id']!r} changed since its teacher log-probs were computed ({path})")
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor(f"{name}.{j}")
+
+    def bounds(self, row: dict) -> list[int]:
+        return self._get(row, "bounds").tolist()
+
+    def probs(self, row: dict, rows: list[int]) -> torch.Tensor:
+        """`[len(rows), K]` teacher probabilities (sorted descending) of the given rows."""
+        return self._get(row, "logprobs")[rows].float().exp()
+
+
+class DistillDataset(torch.utils.data.Dataset):
+    """Tokenized samples; precomputed teacher rows are read from the store when an item is taken."""
+
+    def __init__(self, features: list[dict], store: TeacherStore | None = None, skipped: list[str] = ()):
+        self.features, self.store, self.skipped = features, store, list(skipped)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        feature = dict(self.features[i])
+        if self.store is not None and "row" in feature:
+            feature["teacher_probs"] = self.store.probs(feature.pop("row"), feature.pop("teacher_rows"))
+        return feature
+
+
+def build_dataset(config: DistillConfig, tokenizer, teacher_tokenizers: dict[str, object] | None = None,
+                  store: TeacherStore | None = None) -> DistillDataset:
+    """Student tokens and labels (-100 on prompt and trigger) and, when w_uld > 0, the paired rows.
+
+    Args:
+        teacher_tokenizers: regime ("on"/"off") -> tokenizer of its live teacher; or `store`.
+    """
+    features, skipped = [], []
+    specs = config.teachers()
+    ids_of = {spec: i for i, spec in enumerate(dict.fromkeys(s for s in specs.values() if s))}
+    for row in load_stage1(config.data, config.n):
+        s = encode(tokenizer, row, config.max_length)
+        if not s["bounds"]:  # the prompt fills max_length: nothing to learn
+            skipped.append(row["id"])
+            continue
+        labels = [IGNORE_INDEX] * s["start"] + s["input_ids"][s["start"]:]
+        feature = {"input_ids": s["input_ids"], "labels": labels}
+        if config.w_uld:
+            if store is not None:
+                t = {"bounds": store.bounds(row)}
+            else:
+                t = encode(teacher_tokenizers[row["regime"]], row, config.max_length)
+            s_rows, t_rows = pair_rows(s["bounds"], t["bounds"], config.alignment)
+            feature["student_index"] = [s["start"] - 1 + r for r in s_rows]
+            if store is not None:
+                feature.update(row=row, teacher_rows=t_rows)
+            else:
+                feature.update(teacher_input_ids=t["input_ids"], teacher_index=[t["start"] - 1 + r for r in t_rows],
+                               teacher_id=ids_of[specs[row["regime"]]])
+        features.append(feature)
+    if skipped:
+        print(f"distill: skipped {len(skipped)} rows whose prompt fills max_length={config.max_length} "
+              f"(e.g. {skipped[0]!r})")
+    if not features:
+        raise ValueError(f"{config.data}: no usable rows (max_length={config.max_length})")
+    return DistillDataset(features, store, skipped)
+
+
+def _pad(seqs: list, value, dtype=torch.long) -> torch.Tensor:
+    out = torch.full((len(seqs), max(len(x) for x in seqs)), value, dtype=dtype)
+    for b, x in enumerate(seqs):
+        out[b, : len(x)] = torch.as_tensor(x, dtype=dtype)
+    return out
+
+
+@dataclass
+class DistillCollator:
+    """Right-padded `[B, T]` student tensors; `student_index` `[B, N]` (-1 = no pair); then either
+    `teacher_probs` `[B, N, K]` (precomputed) or the teachers' `[B, Tt]` inputs, `teacher_index`
+    `[B, N]` and `teacher_id` `[B]`."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [f["input_ids"] for f in features]
+        batch = {"input_ids": _pad(ids, self.pad_token_id), "attention_mask": _pad([[1] * len(x) for x in ids], 0),
+                 "labels": _pad([f["labels"] for f in features], IGNORE_INDEX)}
+        if "student_index" not in features[0]:
+            return batch
+        batch["student_index"] = _pad([f["student_index"] for f in features], -1)
+        if "teacher_probs" in features[0]:
+            probs = [f["teacher_probs"] for f in features]
+            out = torch.zeros(len(probs), batch["student_index"].shape[1], max(p.shape[-1] for p in probs))
+            for b, p in enumerate(probs):
+                out[b, : p.shape[0], : p.shape[1]] = p
+            batch["teacher_probs"] = out
+            return batch
+        t_ids = [f["teacher_input_ids"] for f in features]
+        batch.update(teacher_input_ids=_pad(t_ids, 0), teacher_attention_mask=_pad([[1] * len(x) for x in t_ids], 0),
+                     teacher_index=_pad([f["teacher_index"] for f in features], -1),
+                     teacher_id=torch.tensor([f["teacher_id"] for f in features]))
+        return batch
+
+
+# --------------------------------------------------------------------------- teachers
+
+
+@torch.no_grad()
+def teacher_logits(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
+    """Teacher logits at `positions` `[B, N]` (-1 = none): `([B, N, V] logits, [B, N] valid)`.
+
+    Only the needed positions go through the output head (`logits_to_keep`), which matters for
+    256k-token vocabularies.
+    """
+    width = int(attention_mask.sum(1).max())
+    valid = positions >= 0
+    keep = positions[valid].unique() if valid.any() else positions.new_zeros(1)  # (U,) sorted
+    logits = teacher(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width],
+                     logits_to_keep=keep, use_cache=False).logits  # (B, U, V)
+    col = torch.searchsorted(keep, positions.clamp(min=0))  # (B, N)
+    return logits[torch.arange(len(positions), device=logits.device)[:, None], col], valid
+
+
+class DistillTrainer(Trainer):
+    """The HF Trainer with the stage-1 loss. `teachers[i]` serves samples with `teacher_id == i`.
+
+    Overrides `compute_loss` and `log` (adds the loss parts), and two short private methods so
+    that an `MTPModel` student checkpoints as base files + heads (`_save`) and resumes from them
+    (`_load_from_checkpoint`); tests/test_distill.py's kill-and-resume test guards them.
+    """
+
+    def __init__(self, *args, teachers: list | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teachers = [t.to(self.args.device).eval().requires_grad_(False) for t in teachers or []]
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        self._parts: dict[str, list[float]] = defaultdict(list)
+
+    def teacher_probs(self, inputs: dict) -> torch.Tensor:
+        """`[B, N, K]` sorted teacher probabilities per pair (zeros where padded)."""
+        if "teacher_probs" in inputs:
+            return inputs["teacher_probs"]
+        index = inputs["teacher_index"]
+        parts = []
+        for i, teacher in enumerate(self.teachers):
+            sel = (inputs["teacher_id"] == i).nonzero(as_tuple=True)[0]
+            if len(sel) and (index[sel] >= 0).any():
+                logits, valid = teacher_logits(teacher, inputs["teacher_input_ids"][sel],
+                                               inputs["teacher_attention_mask"][sel], index[sel])
+                parts.append((sel, sorted_probs(logits, self.args.temperature) * valid[..., None]))
+        out = index.new_zeros(*index.shape, max([p.shape[-1] for _, p in parts] or [1]), dtype=torch.float32)
+        for sel, probs in parts:
+            out[sel, :, : probs.shape[-1]] = probs
+        return out
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        use_uld = bool(args.w_uld) and "student_index" in inputs
+        parts = mtp_distill_loss(
+            out.logits, getattr(out, "mtp_logits", None) or [], inputs["labels"], inputs.get("student_index"),
+            self.teacher_probs(inputs) if use_uld else None, w_ce=args.w_ce, w_uld=args.w_uld if use_uld else 0.0,
+            mtp_weight=args.mtp_weight, temperature=args.temperature,
+        )
+        values = torch.stack([parts.ce, parts.uld, parts.mtp_ce, parts.mtp_uld]).detach().float()[None]
+        for name, value in zip(("ce", "uld", "mtp_ce", "mtp_uld"), self.accelerator.gather(values).mean(0).tolist()):
+            self._parts[name].append(value)
+        return (parts.loss, out) if return_outputs else parts.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._parts:
+            logs.update({name: sum(v) / len(v) for name, v in self._parts.items()})
+            self._parts.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, MTPModel):
+            return super()._save(output_dir, state_dict)
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        base_state = {k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")} if state_dict else None
+        model.base.save_pretrained(output_dir, state_dict=base_state)
+        save_mtp(model.heads, output_dir)
+        if state_dict:  # gathered by DeepSpeed/FSDP: the heads' own tensors may be shards
+            from safetensors.torch import save_file
+
+            heads = {k[len("heads."):]: v.contiguous().cpu() for k, v in state_dict.items() if k.startswith("heads.")}
+            save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "autothink-mtp/1"})
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = model or self.model
+        if not isinstance(model, MTPModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        model.base.load_state_dict(saved.state_dict())
+        model.heads.load_state_dict(load_mtp(resume_from_checkpoint, saved).heads.state_dict())
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def load_student(config: DistillConfig):
+    """`(model, tokenizer)`: the base with the AutoThink tokens, wrapped in `MTPModel` when D > 0
+    (its saved heads are loaded when the student dir has them)."""
+    from transformers import AutoModelForCausalLM
+
+    from autothink.models import load_tokenizer, resolve
+
+    source = resolve(config.student)
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    tokenizer = load_tokenizer(source)
+    if config.add_tokens:
+        add_autothink_tokens(tokenizer, base)
+    if not config.mtp_heads:
+        return base, tokenizer
+    if has_mtp(source):
+        model = load_mtp(source, base)
+        if model.mtp_config.num_heads != config.mtp_heads:
+            raise ValueError(f"{source} has {model.mtp_config.num_heads} MTP heads; config asks for {config.mtp_heads}")
+        return model, tokenizer
+    return MTPModel(base, MTPConfig(num_heads=config.mtp_heads, loss_weight=config.mtp_weight)), tokenizer
+
+
+def _live_teachers(config: DistillConfig, regimes: set[str]):
+    """Load each distinct teacher once: `(models in teacher_id order, regime -> tokenizer)`."""
+    from autothink.models import load_model
+
+    specs = config.teachers()
+    missing = sorted(r for r in regimes if not specs[r])
+    if missing:
+        raise ValueError(f"think-{missing[0]} rows need a teacher: set --teacher or --teacher_{missing[0]} "
+                         "(or --teacher_logprobs, or --w_uld 0 for plain SFT)")
+    models, tokenizers = {}, {}
+    for spec in dict.fromkeys(s for s in specs.values() if s):
+        model, tokenizer = load_model(spec, device=str(config.device), dtype=config.teacher_dtype)
+        _ensure_template(tokenizer, spec)
+        models[spec], tokenizers[spec] = model, tokenizer
+    return list(models.values()), {r: tokenizers[s] for r, s in specs.items() if s}
+
+
+def build_trainer(config: DistillConfig, callbacks: list | None = None) -> DistillTrainer:
+    """The student, the teachers (or the store), the dataset and the trainer; nothing trained yet."""
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the new heads' and embeddings' initialisation
+    model, tokenizer = load_student(config)
+    store, teachers, teacher_tokenizers = None, [], {}
+    if config.w_uld and config.teacher_logprobs:
+        store = TeacherStore(config.teacher_logprobs)
+        if store.meta["temperature"] != config.temperature:
+            raise ValueError(f"{store.dir} holds teacher log-probs at temperature {store.meta['temperature']}, "
+                             f"config asks for {config.temperature}")
+    elif config.w_uld:
+        teachers, teacher_tokenizers = _live_teachers(config, {r["regime"] for r in load_stage1(config.data, config.n)})
+    dataset = build_dataset(config, tokenizer, teacher_tokenizers, store)
+    return DistillTrainer(model=model, args=config, train_dataset=dataset, data_collator=DistillCollator(tokenizer.pad_token_id),
+                          processing_class=tokenizer, teachers=teachers, callbacks=callbacks)
+
+
+def resume_checkpoint(config: DistillConfig) -> str | None:
+    """The checkpoint `config.resume_from_checkpoint` names (see its help), or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = config.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "none", "no", "false"):
+        return None
+    if str(value).lower() in ("auto", "true", "last"):
+        last = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+        if last is None and str(value).lower() != "auto":
+            raise ValueError(f"resume_from_checkpoint={value}: no checkpoint-* in {config.output_dir}")
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint dir {value}")
+    return value
+
+
+def run_distill(config: DistillConfig, callbacks: list | None = None) -> dict:
+    """Train (resuming per `resume_from_checkpoint`), save the student and `metrics.json`; or, with
+    `config.precompute`, only write the teacher log-probs. Returns the metrics."""
+    if config.precompute:
+        return precompute_teacher(config)
+    trainer = build_trainer(config, callbacks)
+    resume = resume_checkpoint(config)
+    if resume:
+        print(f"distill: resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.save_state()
+    metrics = {**result.metrics, "global_step": trainer.state.global_step, "samples": len(trainer.train_dataset),
+               "skipped": len(trainer.train_dataset.skipped), "output_dir": config.output_dir}
+    if trainer.args.should_save:
+        Path(config.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def precompute_teacher(config: DistillConfig) -> dict:
+    """Write the teachers' top-k log-probs of every response row of `config.data` to
+    `config.teacher_logprobs`, one shard per 256 samples; a rerun skips the samples already written."""
+    from safetensors.torch import save_file
+
+    from autothink.models import load_model
+
+    if not config.teacher_logprobs:
+        raise ValueError("--precompute writes to --teacher_logprobs DIR; give one")
+    out = Path(config.teacher_logprobs)
+    rows = load_stage1(config.data, config.n)
+    specs = {r: s for r, s in config.teachers().items() if any(row["regime"] == r for row in rows)}
+    if not all(specs.values()):
+        raise ValueError("--precompute needs a teacher for every regime in the data (--teacher or --teacher_on/off)")
+    meta = {"format": STORE_FORMAT, "teachers": specs, "temperature": config.temperature, "top_k": config.top_k,
+            "max_length": config.max_length}
+    if (out / "meta.json").exists():
+        old = json.loads((out / "meta.json").read_text())
+        if {k: old.get(k) for k in meta} != meta:
+            raise ValueError(f"{out} holds log-probs from other settings ({old}); use another directory")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").write_text(json.dumps({**meta, "data": config.data}, indent=2) + "\n")
+    done = set(TeacherStore(out).index)
+    todo = [row for row in rows if row["id"] not in done]
+    print(f"precompute: {len(done)} samples already written, {len(todo)} to go -> {out}")
+    shard = len(list(out.glob("shard-*.safetensors")))
+    for spec in dict.fromkeys(specs.values()):
+        group = [row for row in todo if specs[row["regime"]] == spec]
+        if not group:
+            continue
+        teacher, tokenizer = load_model(spec, dtype=config.teacher_dtype)
+        _ensure_template(tokenizer, spec)
+        device = next(teacher.parameters()).device
+        for lo in range(0, len(group), SHARD_SIZE):
+            chunk, tensors = group[lo: lo + SHARD_SIZE], {}
+            for b0 in range(0, len(chunk), config.teacher_batch_size):
+                batch = chunk[b0: b0 + config.teacher_batch_size]
+                encs = [encode(tokenizer, row, config.max_length) for row in batch]
+                ids = [e["input_ids"] for e in encs]
+                positions = _pad([[e["start"] - 1 + r for r in range(len(e["bounds"]))] for e in encs], -1)
+                logits, _ = teacher_logits(teacher, _pad(ids, 0).to(device), _pad([[1] * len(x) for x in ids], 0).to(device),
+                                           positions.to(device))
+                logp = torch.log_softmax(logits.float() / config.temperature, dim=-1)  # (B, N, V), sorted below
+                logp = logp.topk(min(config.top_k or logp.shape[-1], logp.shape[-1]), dim=-1).values
+                for j, e in enumerate(encs):
+                    m = len(e["bounds"])
+                    tensors[f"logprobs.{b0 + j}"] = logp[j, :m].cpu().contiguous()
+                    tensors[f"bounds.{b0 + j}"] = torch.tensor(e["bounds"], dtype=torch.long)
+            path, tmp = out / f"shard-{shard:05d}.safetensors", out / f".shard-{shard:05d}.tmp"
+            save_file(tensors, str(tmp), metadata={"ids": json.dumps([r["id"] for r in chunk]),
+                                                   "shas": json.dumps([r["sha"] for r in chunk])})
+            os.replace(tmp, path)
+            shard += 1
+            print(f"precompute: {lo + len(chunk)}/{len(group)} samples of {spec}")
+        del teacher
+    return {"teacher_logprobs": str(out), "samples": len(rows), "written": len(todo)}
