@@ -12,7 +12,7 @@ from autothink.config import parse_config
 from autothink.format import MODE_TOKENS, SPECIAL_TOKENS, add_autothink_tokens, forced_prefix, render
 from autothink.jsonl import write_jsonl
 from autothink.models import tiny_model
-from autothink.sft import SFTConfig, build_trainer, check_packing, read_sft_data, run_sft
+from autothink.sft import SFTConfig, build_trainer, check_packing, data_stats, read_sft_data, run_sft
 
 
 def _user(text):
@@ -135,6 +135,14 @@ def test_packed_batch_equals_the_samples_run_one_by_one(student, examples, attn)
     assert (leaky[a:b] - packed_logits[a:b]).abs().max() > 1e-3
 
 
+def test_data_stats_count_modes_and_truncated_samples(student, examples):
+    _, tok = student
+    stats = data_stats(examples, tok, max_length=None)
+    assert stats["records"] == 6 and stats["modes"] == {"off": 3, "on": 3} and stats["truncated"] == 0
+    cut = data_stats(examples, tok, max_length=stats["max_tokens"] - 1)
+    assert cut["truncated"] >= 1 and cut["tokens"] == stats["tokens"]
+
+
 def test_packing_refuses_an_attention_that_would_mix_samples():
     fake = SimpleNamespace(config=SimpleNamespace(_attn_implementation="paged|sdpa"))
     with pytest.raises(ValueError, match="keeps packed samples apart"):
@@ -163,7 +171,7 @@ def _run_config(tiny_dir, data_file, out, **overrides):
 @pytest.fixture(scope="module")
 def finished(tiny_dir, data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
-    assert run_sft(_run_config(tiny_dir, data_file, out)) == str(out)
+    assert run_sft(_run_config(tiny_dir, data_file, out, eval_data=str(data_file))) == str(out)
     return out
 
 
@@ -176,6 +184,7 @@ def test_tiny_run_learns_and_saves_a_checkpoint_with_the_thinking_template(finis
     summary = json.loads((out / "sft.json").read_text())
     assert summary["data_stats"]["records"] == len(ROWS) and summary["data_stats"]["modes"] == {"off": 3, "on": 3}
     assert summary["packing"] is True and summary["attn_implementation"] == "sdpa" and summary["resumed_from"] is None
+    assert summary["metrics"]["eval_loss"] < losses[0]  # evaluated after training, on the (same) eval file
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}
 
     tok = AutoTokenizer.from_pretrained(out)
