@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 
@@ -58,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autothink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("data", help="data pipeline: tag | synth | coldstart | report (see `autothink data tag -h`)")
-    for name, (_, _, _, help_) in COMMANDS.items():
-        commands.add_parser(name, help=f"{help_} (see `autothink {name} -h`)")
+    for name, (_, _, _, help_) in JOBS.items():
+        if not name.startswith("data "):
+            commands.add_parser(name, help=f"{help_} (see `autothink {name} -h`)")
 
     models = commands.add_parser("models", help="embedded models").add_subparsers(dest="action", required=True)
     prepare = models.add_parser("prepare", help="convert embedded GGUF models to a safetensors cache once")
@@ -97,46 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DATA_STAGES = {
-    "tag": ("autothink.data.tag", "TagConfig", "run_tag"),
-    "synth": ("autothink.data.synth", "SynthConfig", "run_synth"),
-    "coldstart": ("autothink.data.coldstart", "ColdstartConfig", "run_coldstart"),
-}
-
-
-def _data(argv: list[str]) -> None:
-    """`autothink data STAGE [--config FILE.yaml] [--option value ...]`."""
-    import importlib
-
-    from autothink.config import parse_config
-
-    stages = [*DATA_STAGES, "report"]
-    if not argv or argv[0] not in stages:
-        raise ValueError(f"usage: autothink data {{{'|'.join(stages)}}} [--config FILE.yaml] [options]; -h for options")
-    stage, rest = argv[0], argv[1:]
-    if stage == "report":
-        from autothink.data.report import write_report
-
-        parser = argparse.ArgumentParser(prog="autothink data report")
-        parser.add_argument("--output_dir", default="runs/data")
-        print(f"report: {write_report(parser.parse_args(rest).output_dir)}")
-        return
-    module, config_name, run_name = DATA_STAGES[stage]
-    module = importlib.import_module(module)
-    config = parse_config(getattr(module, config_name), rest, prog=f"autothink data {stage}")
-    results = getattr(module, run_name)(config)
-    counts = {}
-    for record in results:
-        counts[record.get("status", "ok")] = counts.get(record.get("status", "ok"), 0) + 1
-    print(f"{stage}: {len(results)} records {counts} -> {config.output_dir}")
-
-
-# Top-level commands that run one dataclass-configured job: `autothink NAME [--config FILE.yaml] [--option value ...]`.
-COMMANDS = {
+# Commands that run one dataclass-configured job: `autothink NAME [--config FILE.yaml] [--option value ...]`.
+JOBS = {
+    "data tag": ("autothink.data.tag", "TagConfig", "run_tag", "label difficulty, domain and regime per query"),
+    "data synth": ("autothink.data.synth", "SynthConfig", "run_synth", "stage-1 data: think-off rejection sampling, think-on agents"),
+    "data coldstart": ("autothink.data.coldstart", "ColdstartConfig", "run_coldstart", "cold-start SFT data and RL prompts"),
     "upscale": ("autothink.upscale", "UpscaleConfig", "run_upscale", "depth upscaling: saturation analysis, layer duplication"),
     "distill": ("autothink.distill", "DistillConfig", "run_distill",
                 "stage 1: distil a teacher into a student with ULD and MTP heads (--precompute: teacher top-k only)"),
+    "sft": ("autothink.sft", "SFTConfig", "run_sft", "stage 2: cold-start SFT on AutoThink-format data (TRL SFTTrainer)"),
 }
+
+
+def _summary(result) -> str:
+    """One line about a job's result: record counts, a metrics dict, or an output path."""
+    if isinstance(result, list):
+        return f"{len(result)} records {dict(Counter(r.get('status', 'ok') for r in result))}"
+    if isinstance(result, dict):
+        return " ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+    return f"output: {result}"
 
 
 def _job(name: str, argv: list[str]) -> None:
@@ -144,22 +125,30 @@ def _job(name: str, argv: list[str]) -> None:
 
     from autothink.config import parse_config
 
-    module, config_name, run_name, _ = COMMANDS[name]
+    module, config_name, run_name, _ = JOBS[name]
     module = importlib.import_module(module)
     config = parse_config(getattr(module, config_name), argv, prog=f"autothink {name}")
-    summary = getattr(module, run_name)(config)
-    print(f"{name}: " + " ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+    print(f"{name}: {_summary(getattr(module, run_name)(config))}")
+
+
+def _data_report(argv: list[str]) -> None:
+    from autothink.data.report import write_report
+
+    parser = argparse.ArgumentParser(prog="autothink data report")
+    parser.add_argument("--output_dir", default="runs/data")
+    print(f"report: {write_report(parser.parse_args(argv).output_dir)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["data"]:
-            _data(argv[1:])
+        if argv[:2] == ["data", "report"]:
+            _data_report(argv[2:])
             return 0
-        if argv[:1] and argv[0] in COMMANDS:
-            _job(argv[0], argv[1:])
-            return 0
+        for words in (2, 1):
+            if " ".join(argv[:words]) in JOBS:
+                _job(" ".join(argv[:words]), argv[words:])
+                return 0
         args = build_parser().parse_args(argv)
         args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
