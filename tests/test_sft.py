@@ -280,3 +280,12 @@ def test_invalid_json_and_empty_files(tmp_path):
         read_sft_data(empty)
     with pytest.raises(FileNotFoundError):
         read_sft_data(tmp_path / "missing.jsonl")
+
+
+def test_cli_reports_a_bad_record(tmp_path, capsys):
+    from autothink.cli import main
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(GOOD + "\n" + json.dumps(BAD[0][0]) + "\n")
+    assert main(["sft", "--data", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+    assert f"{path}:2: record 'q1'" in capsys.readouterr().err
