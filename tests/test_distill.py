@@ -294,6 +294,21 @@ def test_main_head_with_w_uld_zero_is_plain_cross_entropy(tmp_path, student_dir,
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
 
 
+def test_activation_checkpointing_and_continuing_from_a_student_with_heads(tmp_path, student_dir, data):
+    first = config(tmp_path / "a", student_dir, data, w_uld=0.0, max_steps=1)
+    run_distill(first)
+    saved = load_student_dir(tmp_path / "a" / "out")
+    cfg = config(tmp_path / "b", tmp_path / "a" / "out", data, w_uld=0.0, max_steps=1, activation_checkpointing=True)
+    trainer = build_trainer(cfg)
+    # the student dir's heads are loaded, not made anew
+    assert torch.equal(trainer.model.heads.heads[1].proj.weight, saved.heads.heads[1].proj.weight)
+    trainer.train()
+    assert trainer.model.base.is_activation_checkpointing  # switched on by the Trainer through DistillStudent
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+    with pytest.raises(ValueError, match="has 2 MTP heads; config asks for 1"):
+        build_trainer(config(tmp_path / "c", tmp_path / "a" / "out", data, w_uld=0.0, mtp_heads=1))
+
+
 @pytest.mark.slow
 def test_precomputed_full_vocab_log_probs_give_the_live_teachers_loss(tmp_path, student_dir, data, teacher_dir, capsys):
     store = tmp_path / "teacher_lp"

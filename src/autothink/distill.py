@@ -17,14 +17,15 @@ Loss (`algorithms.uld.mtp_distill_loss`): w_ce·CE + w_uld·ULD for the main hea
 that predicts the same future token. Rows are paired by byte offsets (`alignment: bytes`) or in
 order (`alignment: position`, the ULD paper).
 
-Training is the HF `Trainer` (checkpoints, `resume_from_checkpoint`, `report_to`, `accelerate
-launch` / `torchrun`); the output dir gets the student (a plain checkpoint that
+Training is the HF `Trainer` (checkpoints, `resume_from_checkpoint` — by default the rerun of a
+killed command resumes from its last checkpoint —, `report_to`, `torchrun` / `accelerate
+launch`); the output dir gets the student (a plain checkpoint that
 `AutoModelForCausalLM.from_pretrained` loads alone) with `mtp_heads.safetensors` beside it
 (`autothink.mtp.load_mtp`), its tokenizer, `trainer_state.json` and `metrics.json`.
 
     autothink distill --student smollm2-135m-instruct --teacher gemma-3-270m --data runs/data/stage1.jsonl
     autothink distill --precompute --teacher big-model-dir --data stage1.jsonl --teacher_logprobs runs/teacher
-    accelerate launch $(which autothink) distill --config distill.yaml
+    torchrun --nproc_per_node 8 $(which autothink) distill --config distill.yaml   # DDP (CPU: --use_cpu true)
 """
 from __future__ import annotations
 
@@ -400,6 +401,13 @@ class DistillTrainer(Trainer):
 # --------------------------------------------------------------------------- the commands
 
 
+class DistillStudent(MTPModel):
+    """`MTPModel` plus what the HF Trainer asks of a model: activation checkpointing (of the base)."""
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        self.base.activation_checkpointing_enable(**kwargs)
+
+
 def load_student(config: DistillConfig):
     """`(model, tokenizer)`: the base with the AutoThink tokens, wrapped in `MTPModel` when D > 0
     (its saved heads are loaded when the student dir has them)."""
@@ -418,8 +426,8 @@ def load_student(config: DistillConfig):
         model = load_mtp(source, base)
         if model.mtp_config.num_heads != config.mtp_heads:
             raise ValueError(f"{source} has {model.mtp_config.num_heads} MTP heads; config asks for {config.mtp_heads}")
-        return model, tokenizer
-    return MTPModel(base, MTPConfig(num_heads=config.mtp_heads, loss_weight=config.mtp_weight)), tokenizer
+        return DistillStudent(base, heads=model.heads), tokenizer
+    return DistillStudent(base, MTPConfig(num_heads=config.mtp_heads, loss_weight=config.mtp_weight)), tokenizer
 
 
 def _live_teachers(config: DistillConfig, regimes: set[str]):
