@@ -1,13 +1,20 @@
 """The algorithm core: losses, rewards and advantages as plain torch functions (no TRL)."""
 from autothink.algorithms.uld import ByteAlignment as ByteAlignment
 from autothink.algorithms.uld import DistillLoss as DistillLoss
+from autothink.algorithms.uld import MTPDistillLoss as MTPDistillLoss
 from autothink.algorithms.uld import byte_offset_alignment as byte_offset_alignment
 from autothink.algorithms.uld import causal_lm_ce as causal_lm_ce
 from autothink.algorithms.uld import collate_alignments as collate_alignments
 from autothink.algorithms.uld import distill_loss as distill_loss
+from autothink.algorithms.uld import mtp_distill_loss as mtp_distill_loss
+from autothink.algorithms.uld import pair_rows as pair_rows
+from autothink.algorithms.uld import prediction_bounds as prediction_bounds
 from autothink.algorithms.uld import response_mask as response_mask
+from autothink.algorithms.uld import shift_pairs as shift_pairs
+from autothink.algorithms.uld import sorted_probs as sorted_probs
 from autothink.algorithms.uld import uld_loss as uld_loss
 from autothink.algorithms.uld import uld_loss_aligned as uld_loss_aligned
+from autothink.algorithms.uld import uld_loss_sorted as uld_loss_sorted
 from autothink.algorithms.advantages import SEG_JUDGE as SEG_JUDGE
 from autothink.algorithms.advantages import SEG_NONE as SEG_NONE
 from autothink.algorithms.advantages import SEG_RESPONSE as SEG_RESPONSE
