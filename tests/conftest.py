@@ -21,3 +21,14 @@ def tiny(tokenizer):
     from autothink.models import tiny_model
 
     return tiny_model(copy.deepcopy(tokenizer))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A tiny model runs faster on one thread (and does not fight other processes for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,21 +21,14 @@ from autothink.llm.local import LocalBackend
 from autothink.models import tiny_model
 from autothink.serve import create_app, running_server
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CONVS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? Answer with care."}],
     [{"role": "user", "content": "Tell me a story about a dragon who learned to count to ten."}],
 ]
 GREEDY = SamplingParams(n=2, temperature=0, max_tokens=10)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model runs faster on one thread (and does not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

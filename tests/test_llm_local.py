@@ -9,6 +9,8 @@ from autothink.llm import Backend, Completion, SamplingParams, make_backend
 from autothink.llm.local import LocalBackend
 from autothink.models import tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CONVS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? Answer with care."}],
@@ -29,15 +31,6 @@ def varied_tiny(tokenizer, autothink=False):
     model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=g) * 0.5)
     model.config.tie_word_embeddings = False
     return model, tok
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model runs faster on one thread (and does not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
