@@ -1,0 +1,520 @@
+"""`autothink rl`: Step-SRPO (stage 3) as a thin subclass of TRL's `GRPOTrainer`.
+
+The math lives in `autothink.algorithms` (rewards, group normalisation, segments, rescaling,
+history resampling); the data, the reward function and the prompt schedule in
+`autothink.rl_data`. This module wires them into TRL 1.16 at six short override points
+(`tests/test_rl.py` holds a contract test on each, and on `_compute_loss`, which we rely on):
+
+- `_generate_single_turn`: forced-mode exploration (below); records which rows were forced.
+- `_calculate_rewards`: after TRL's plain reward function (`verifier_reward`, per sample,
+  gathered over processes) it parses every completion, gathers modes and formats, and computes
+  the Step-SRPO rewards r_J, r_A and the correct mode m* per group (`step_srpo_rewards`).
+- `_generate_and_score_completions`: after TRL's (generation, old log-probs, its scalar
+  advantages), replaces `advantages` with per-token ones: `<judge>…</judge><think_on|off>`
+  tokens get the group-normalised r_J (forced samples left out of the judge baseline), think
+  and answer tokens the group-normalised r_A, optionally rescaled by difficulty (λ = `lam`)
+  and entropy (μ = `mu`). The loss mask goes out as `tool_mask`: TRL's unchanged
+  `_compute_loss` multiplies `completion_mask` by it and accepts `[B, T]` advantages, so the
+  clipped surrogate, KL and loss normalisation are TRL's own. Logs the per-step metrics.
+- `_get_train_sampler`: the SRPO schedule (stage 1 on reasoning-heavy prompts, then the full
+  mix with history resampling) in place of TRL's `RepeatSampler`.
+- `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the schedule's
+  decisions (`srpo_schedule.json`) with each checkpoint, as TRL does for its entropy state.
+
+**Forced-mode exploration.** In each group of G rollouts, ρG of them (`forced_fraction`; the
+fractional part is drawn at random per group) have their mode forced, half think-on and half
+think-off (an odd one gets a random mode). Forcing is a *prefill*: the forced rollout
+continues from `<judge></judge><think_on><think>` or `<judge></judge><think_off><answer>`
+(`format.forced_prefix`, the exact prefix of inference-time forced modes) appended to its
+prompt, and the prefix is then moved into the completion, where `segment_ids(...,
+prefill_lengths=...)` gives it loss mask 0, so the forced mode token is never trained.
+Trade-off: the faithful alternative (let the model write its judge, then overwrite the mode
+token it samples) needs a logits processor inside generation, which TRL's vLLM paths do not
+expose; the prefill works with every generation backend. Its cost: a forced rollout's answer
+follows an empty judge rather than the model's own. That judge would get no loss anyway (its
+mode is not its choice, so its r_J is left out), and the empty-judge prefix is exactly what
+`thinking="on"|"off"` serves at inference, which these rollouts thus also train. The prefill
+tokens count toward TRL's completion-length logs; generation still gets
+`max_completion_length` new tokens.
+
+Metrics per generation batch (train): think-on rate (unforced rollouts that chose a mode),
+judge accuracy (unforced, mode == m*), accuracy overall and per mode, tokens per segment
+(judge/think/answer, unforced; prefill not counted), format-error rate, per-domain breakdown.
+They go to the Trainer logs as `srpo/...` (so `report_to` sends them to TensorBoard) and, one
+row per batch, to `rl_metrics.jsonl`; `think_on_rate.png` and `tokens.png` are drawn at the end.
+
+>>> # config = parse_config(RLConfig, ["--model", "runs/sft", "--data", "runs/data/rl_prompts.jsonl"], prog="autothink rl")
+>>> # run_rl(config)  # -> "runs/rl"
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import trl
+from accelerate.utils import gather_object
+
+from autothink.algorithms import (
+    SEG_JUDGE,
+    SEG_RESPONSE,
+    group_normalize,
+    rescale_advantages,
+    sample_entropy,
+    segment_advantages,
+    segment_ids,
+    step_srpo_rewards,
+)
+from autothink.format import SPECIAL_TOKENS, THINK, THINK_END, forced_prefix, parse
+from autothink.rl_data import (
+    MODES,
+    PromptSchedule,
+    SRPOSampler,
+    completion_text,
+    is_reasoning_heavy,
+    read_rl_prompts,
+    verifier_reward,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "rl_metrics.jsonl"
+SCHEDULE_FILE = "srpo_schedule.json"
+LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo", "cispo", "sapo")  # token-level: per-token advantages apply
+
+
+@dataclass
+class RLConfig(trl.GRPOConfig):
+    """`autothink rl`: TRL's `GRPOConfig` (every TrainingArguments/GRPO flag) plus Step-SRPO's own.
+
+    δ is `mode_delta`, not `delta`: `GRPOConfig.delta` is TRL's two-sided clipping bound.
+    Defaults differ from TRL's where a 2-core CPU run needs it (fp32 unless a bf16 GPU is
+    present, no gradient checkpointing, log every step). `max_steps` unset (-1) runs
+    `stage1_steps` plus `num_train_epochs` passes over the full mix (of its original size).
+    `resume_from_checkpoint`: unset resumes from the last checkpoint in `output_dir`, a path
+    from that checkpoint, `no` starts afresh.
+    """
+
+    model: str = field(default="runs/sft", metadata={"help": "policy: the SFT output dir, an embedded model or hub id"})
+    data: str = field(default="runs/data/rl_prompts.jsonl", metadata={
+        "help": "RL prompts: JSONL rows {id, prompt, verifier, reference (JSON), difficulty, domain, prior_mode}"})
+    output_dir: str | None = field(default="runs/rl", metadata={"help": "checkpoints, final model, metrics, plots"})
+    forced_fraction: float = field(default=0.25, metadata={
+        "help": "ρ: share of each group's rollouts whose mode is forced (half on, half off); their mode token gets no loss"})
+    mode_delta: float = field(default=0.0, metadata={
+        "help": "δ: the correct mode is think-off unless think-on's pass rate beats think-off's by more than δ"})
+    gamma: float = field(default=0.5, metadata={"help": "γ: answer-reward factor of a correct answer in the wrong mode"})
+    lam: float = field(default=0.0, metadata={"help": "λ: difficulty-aware advantage scaling (KAT-Coder); 0 = off"})
+    mu: float = field(default=0.0, metadata={
+        "help": "μ: entropy-aware advantage scaling (KAT-Coder; one extra forward pass per batch); 0 = off"})
+    stage1_steps: int = field(default=0, metadata={
+        "help": "SRPO stage 1: optimizer steps on reasoning-heavy prompts only, before the full mix; 0 = one stage"})
+    stage1_min_difficulty: float = field(default=3, metadata={
+        "help": "stage-1 prompts: prior_mode 'on' or difficulty >= this"})
+    history_resampling: bool = field(default=True, metadata={
+        "help": "SRPO: after each epoch of the full mix, drop prompts whose unforced rollouts all got the same rewards"})
+    history_keep_unsolved: bool = field(default=False, metadata={
+        "help": "history resampling keeps prompts whose rollouts all failed (as SRPO does)"})
+
+    # TrainingArguments / GRPOConfig defaults overridden for small CPU runs
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision; default: on for a CUDA GPU that supports it, off elsewhere (fp32 on CPU)"})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "deprecated alias of activation_checkpointing (off unless one of them is set)"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
+    save_steps: float = field(default=50, metadata={"help": "save a checkpoint every N optimizer steps"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep only the last N checkpoints"})
+    max_completion_length: int | None = field(default=256, metadata={"help": "new tokens per rollout"})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = (not self.fp16 and not self.use_cpu and torch.cuda.is_available()
+                         and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+        for name, lo, hi in (("forced_fraction", 0, 1), ("mode_delta", 0, 1), ("gamma", 0, 1)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
+        for name in ("lam", "mu", "stage1_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale_rewards not in ("group", "none"):
+            raise ValueError(f"scale_rewards={self.scale_rewards!r}: Step-SRPO normalises within each group ('group') "
+                             "or only centres ('none')")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is sequence-level; Step-SRPO's per-token advantages need "
+                             f"one of {', '.join(LOSS_TYPES)}")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def forced_modes(n_local: int, process_index: int, group_size: int, fraction: float, seed: int,
+                 step: int) -> list[str | None]:
+    """The forced mode ("on"/"off") or None of each local rollout.
+
+    Rollouts are numbered globally (process_index · n_local + i, TRL's layout) and grouped by
+    G = `group_size` in a row. In a group, the last n rollouts are forced, n = ⌊ρG⌋ plus one
+    with probability frac(ρG); they alternate on/off from a random first mode. Randomness is
+    seeded by (seed, step, group), so a resumed run draws the same.
+
+    >>> forced_modes(8, 0, 4, 0.5, seed=0, step=0)[:4].count(None)
+    2
+    """
+    out = []
+    for i in range(n_local):
+        g, pos = divmod(process_index * n_local + i, group_size)
+        rng = random.Random(f"{seed}:{step}:{g}")
+        whole, frac = divmod(fraction * group_size, 1.0)
+        n = int(whole) + (rng.random() < frac)
+        first = rng.randrange(2)
+        k = pos - (group_size - n)  # index among the group's forced rollouts
+        out.append(MODES[(first + k) % 2] if k >= 0 else None)
+    return out
+
+
+def segment_lengths(completion_ids: torch.Tensor, segments: torch.Tensor, completion_mask: torch.Tensor,
+                    prefill_lengths: list[int], think_id: int, think_end_id: int) -> dict[str, list[int]]:
+    """Generated tokens per segment of each completion: judge, think (`<think>` through `</think>`,
+    or to the end when unclosed) and answer (the rest); prefilled tokens are not counted.
+
+    Returns:
+        {"judge": [B], "think": [B], "answer": [B]} token counts.
+    """
+    out = {"judge": [], "think": [], "answer": []}
+    for row, seg, mask, start in zip(completion_ids.tolist(), segments.tolist(), completion_mask.tolist(),
+                                     prefill_lengths):
+        valid = [j for j in range(len(row)) if mask[j] and j >= start]
+        begin = row.index(think_id) if think_id in row else None
+        end = row.index(think_end_id, begin) if begin is not None and think_end_id in row[begin:] else len(row)
+        think = [j for j in valid if seg[j] == SEG_RESPONSE and begin is not None and begin <= j <= end]
+        out["judge"].append(sum(seg[j] == SEG_JUDGE for j in valid))
+        out["think"].append(len(think))
+        out["answer"].append(sum(seg[j] == SEG_RESPONSE for j in valid) - len(think))
+    return out
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None
+
+
+def srpo_metrics(modes, forced, well_formed, correct, correct_mode, judge_reward, answer_reward, domains,
+                 lengths: dict[str, list[int]]) -> dict[str, float | None]:
+    """Step-SRPO metrics of one batch (every argument per rollout); None where undefined.
+
+    think_on_rate: unforced rollouts with a mode, share "on". judge_accuracy: unforced rollouts,
+    share with a valid mode equal to m*. accuracy[_on|_off]: verifier pass rate (of rollouts in
+    that mode, forced included). tokens_*: mean generated tokens per segment, unforced rollouts.
+    """
+    n = len(modes)
+    free = [i for i in range(n) if not forced[i]]
+    decided = [i for i in free if modes[i] is not None]
+    decided_set = set(decided)
+    m = {
+        "think_on_rate": _mean(modes[i] == "on" for i in decided),
+        "judge_accuracy": _mean(judge_reward[i] for i in free),
+        "accuracy": _mean(correct),
+        "accuracy_on": _mean(correct[i] for i in range(n) if modes[i] == "on"),
+        "accuracy_off": _mean(correct[i] for i in range(n) if modes[i] == "off"),
+        "format_error_rate": _mean(not w for w in well_formed),
+        "mode_missing_rate": _mean(modes[i] is None for i in free),
+        "forced_rate": _mean(forced),
+        "correct_mode_on_rate": _mean(c == "on" for c in correct_mode),
+        "judge_reward": _mean(judge_reward),
+        "answer_reward": _mean(answer_reward),
+        **{f"tokens_{k}": _mean(lengths[k][i] for i in free) for k in ("judge", "think", "answer")},
+        "tokens_total": _mean(sum(lengths[k][i] for k in lengths) for i in range(n)),
+    }
+    for d in sorted(set(domains)):
+        rows = [i for i in range(n) if domains[i] == d]
+        m[f"domain/{d}/accuracy"] = _mean(correct[i] for i in rows)
+        m[f"domain/{d}/think_on_rate"] = _mean(modes[i] == "on" for i in rows if i in decided_set)
+        m[f"domain/{d}/judge_accuracy"] = _mean(judge_reward[i] for i in rows if not forced[i])
+    return m
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class StepSRPOTrainer(trl.GRPOTrainer):
+    """TRL's GRPOTrainer with Step-SRPO rewards, per-segment advantages, forced modes and the SRPO schedule.
+
+    Args:
+        model: the policy (with the AutoThink tokens: `format.add_autothink_tokens`).
+        args: an `RLConfig`. train_dataset: rows of `rl_data.read_rl_prompts` as a `datasets.Dataset`.
+        processing_class: the tokenizer. eval_dataset, callbacks, peft_config: as for GRPOTrainer.
+
+    Raises:
+        ValueError: the tokenizer lacks the AutoThink tokens; stage 1 with no reasoning-heavy prompt.
+    """
+
+    def __init__(self, model, args: RLConfig, train_dataset, processing_class, eval_dataset=None, callbacks=None,
+                 peft_config=None):
+        vocab = processing_class.get_vocab()
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise ValueError(f"the tokenizer lacks the AutoThink tokens {missing}; call "
+                             "format.add_autothink_tokens(tokenizer, model) (the SFT stage saves them)")
+        super().__init__(model=model, reward_funcs=[verifier_reward], args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config)
+        self.tag_ids = {t: vocab[t] for t in SPECIAL_TOKENS}
+        self.prefix_ids = {m: processing_class(forced_prefix(m), add_special_tokens=False).input_ids for m in MODES}
+        self._forced: list[str | None] = []
+        self._prefill: list[int] = []
+        self._scored = None
+        self.metrics_path = Path(args.output_dir) / METRICS_FILE
+
+        repeat = self.num_iterations * args.steps_per_generation  # micro-steps per generation batch
+        accum = args.gradient_accumulation_steps
+        stage1 = [is_reasoning_heavy(row, args.stage1_min_difficulty) for row in train_dataset]
+        self.schedule = PromptSchedule(
+            list(train_dataset["id"]), stage1, args.generation_batch_size // self.num_generations,
+            stage1_batches=math.ceil(args.stage1_steps * accum / repeat), seed=args.seed,
+            shuffle=bool(args.shuffle_dataset), resample=args.history_resampling,
+            keep_unsolved=args.history_keep_unsolved)
+        if args.max_steps <= 0:
+            batches = self.schedule.stage1_batches + math.ceil(args.num_train_epochs * self.schedule.batches_per_epoch())
+            args.max_steps = max(1, batches * repeat // accum)
+        self._num_batches = math.ceil(args.max_steps * accum / repeat)
+
+    # ---- override points (guarded by tests/test_rl.py::test_trl_contract)
+
+    def _get_train_sampler(self, dataset=None):
+        repeat = self.num_iterations * self.args.steps_per_generation
+        return SRPOSampler(self.schedule, self.num_generations, repeat, self._num_batches)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        fraction = self.args.forced_fraction if self.model.training else 0.0
+        self._forced = forced_modes(len(prompt_ids), self.accelerator.process_index, num_generations, fraction,
+                                    self.args.seed, self.state.global_step)
+        prefixes = [self.prefix_ids[m] if m else [] for m in self._forced]
+        self._prefill = [len(p) for p in prefixes]
+        prompt_ids = [list(ids) + p for ids, p in zip(prompt_ids, prefixes)]
+        # vLLM server mode samples G completions of every G-th prompt; forced rows differ, so ask for one per row.
+        completion_ids, logprobs = super()._generate_single_turn(
+            prompt_ids, images, multimodal_fields, 1 if any(prefixes) else num_generations, has_tool_images)
+        completion_ids = [p + list(c) for p, c in zip(prefixes, completion_ids)]
+        if logprobs is not None:  # unknown sampling log-probs of the prefill: TRL reads None as "no correction"
+            logprobs = [[None] * len(p) + list(lp) for p, lp in zip(prefixes, logprobs)]
+        return completion_ids, logprobs
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._scored = self._score(inputs, completions, rewards_per_func[:, 0])
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        output.update(self._srpo_advantages(output))
+        return output
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            (folder / SCHEDULE_FILE).write_text(json.dumps(self.schedule.state_dict()))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.resume_schedule(checkpoint)
+
+    # ---- Step-SRPO
+
+    def _local(self, n: int) -> slice:
+        """This process's rows of a gathered batch (TRL's process slice)."""
+        return slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
+
+    def _score(self, inputs: list[dict], completions: list, correct: torch.Tensor) -> SimpleNamespace:
+        """Step-SRPO rewards of the whole (gathered) batch; `correct` is already gathered."""
+        parsed = [parse(completion_text(c)) for c in completions]
+        rows = gather_object([
+            {"id": x["id"], "domain": x.get("domain") or "unknown", "prior": x.get("prior_mode"), "mode": p.mode,
+             "well_formed": p.well_formed, "forced": f is not None}
+            for x, p, f in zip(inputs, parsed, self._forced)])
+        group_size = self.num_generations if self.model.training else self.num_generations_eval
+        groups = [i // group_size for i in range(len(rows))]
+        passed = (correct.detach().cpu() > 0.5).tolist()
+        judge, answer, correct_mode = step_srpo_rewards(
+            [r["mode"] for r in rows], passed, [r["forced"] for r in rows], [r["well_formed"] for r in rows], groups,
+            delta=self.args.mode_delta, gamma=self.args.gamma, prior_modes=[r["prior"] for r in rows])
+        local = self._local(len(inputs))
+        for name, values in (("mode", [r["mode"] for r in rows]), ("forced", [r["forced"] for r in rows]),
+                             ("correct_mode", correct_mode), ("judge_reward", judge.tolist()),
+                             ("answer_reward", answer.tolist())):
+            self._log_completion_extra(name, values[local])  # completion tables (log_completions)
+        return SimpleNamespace(rows=rows, groups=groups, correct=passed, judge=judge, answer=answer,
+                               correct_mode=correct_mode)
+
+    def _rollout_entropy(self, output: dict, loss_mask: torch.Tensor) -> torch.Tensor:
+        """Mean token entropy [B] of each local rollout under the current policy (for μ)."""
+        ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        with torch.no_grad():
+            _, entropy, _ = self._get_per_token_logps_and_entropies(
+                self.model, ids, mask, output["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size, compute_entropy=True)
+        return sample_entropy(entropy, loss_mask)
+
+    def _srpo_advantages(self, output: dict) -> dict:
+        """Per-token advantages and loss mask of the local rows; logs the batch metrics."""
+        s, args = self._scored, self.args
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        local = self._local(completion_ids.size(0))
+        forced = [r["forced"] for r in s.rows]
+        segments, loss_mask = segment_ids(completion_ids, self.tag_ids, forced[local], completion_mask, self._prefill)
+        if "tool_mask" in output:
+            loss_mask = loss_mask * output["tool_mask"]
+
+        scale = self.scale_rewards != "none"
+        judge_adv = group_normalize(s.judge, s.groups, scale=scale, include=[not f for f in forced])
+        answer_adv = group_normalize(s.answer, s.groups, scale=scale)
+        if args.lam or args.mu:
+            entropy = (self.accelerator.gather(self._rollout_entropy(output, loss_mask)).cpu() if args.mu
+                       else torch.zeros(len(s.rows)))
+            judge_adv, answer_adv = (rescale_advantages(a, s.groups, s.correct, entropy, args.lam, args.mu)
+                                     for a in (judge_adv, answer_adv))
+        advantages = segment_advantages(segments, judge_adv[local], answer_adv[local])
+
+        lengths = segment_lengths(completion_ids, segments, completion_mask, self._prefill,
+                                  self.tag_ids[THINK], self.tag_ids[THINK_END])
+        lengths = {k: gather_object(v) for k, v in lengths.items()}
+        metrics = srpo_metrics([r["mode"] for r in s.rows], forced, [r["well_formed"] for r in s.rows], s.correct,
+                               s.correct_mode, s.judge.tolist(), s.answer.tolist(), [r["domain"] for r in s.rows],
+                               lengths)
+        mode = "train" if self.model.training else "eval"
+        for key, value in metrics.items():
+            if value is not None:
+                self._metrics[mode][f"srpo/{key}"].append(value)
+        if mode == "train":
+            self.schedule.record([r["id"] for r in s.rows], s.judge.tolist(), s.answer.tolist(), forced)
+            if self.accelerator.is_main_process:
+                self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+                stage = 1 if self.state.global_step < args.stage1_steps else 2
+                with open(self.metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": self.state.global_step, "stage": stage,
+                                        "prompts": len({r["id"] for r in s.rows}), **metrics}) + "\n")
+        loss_mask = loss_mask.to(completion_mask.dtype)
+        return {"advantages": advantages, "tool_mask": loss_mask,
+                "num_items_in_batch": self.accelerator.gather(loss_mask.sum()).sum()}
+
+    def resume_schedule(self, checkpoint: str) -> None:
+        """Restore the SRPO schedule saved with `checkpoint`; drop metric rows of steps not yet replayed."""
+        path = Path(checkpoint) / SCHEDULE_FILE
+        if path.exists():
+            self.schedule.load_state_dict(json.loads(path.read_text()))
+        else:
+            logger.warning("%s has no %s: the SRPO schedule restarts without history", checkpoint, SCHEDULE_FILE)
+        if self.accelerator.is_main_process and self.metrics_path.exists():
+            lines = self.metrics_path.read_text().splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] < self.state.global_step]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+
+# --------------------------------------------------------------------------- plots and the run
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of `rl_metrics.jsonl`, one per step (the last row of a step wins), by step."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def plot_rl_metrics(metrics_path: str | Path, output_dir: str | Path) -> list[str]:
+    """Draw `think_on_rate.png` (with judge accuracy and accuracy) and `tokens.png` (per segment) over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    steps = [r["step"] for r in rows]
+    stage1_end = max((r["step"] for r in rows if r.get("stage") == 1), default=None)
+    paths = []
+    for name, keys, ylabel in (("think_on_rate.png", ("think_on_rate", "judge_accuracy", "accuracy"), "rate"),
+                               ("tokens.png", ("tokens_judge", "tokens_think", "tokens_answer"), "tokens per rollout")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in keys:
+            ax.plot(steps, [math.nan if r.get(key) is None else r[key] for r in rows], marker="o", ms=3,
+                    label=key.replace("tokens_", ""))
+        if stage1_end is not None:
+            ax.axvline(stage1_end + 0.5, color="grey", ls="--", lw=1, label="end of stage 1")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if ylabel == "rate":
+            ax.set_ylim(-0.02, 1.02)
+        ax.legend()
+        ax.set_title(name[:-4].replace("_", " "))
+        fig.tight_layout()
+        path = Path(output_dir) / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
+
+
+def to_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
+    """Step-SRPO of `config.model` on `config.data`; returns the output dir.
+
+    Writes into `config.output_dir`: `checkpoint-N/` dirs (with `srpo_schedule.json`), the final
+    model and tokenizer, `rl_metrics.jsonl` (one row per generation batch), `think_on_rate.png`,
+    `tokens.png`, `trainer_state.json`, `train_results.json`, and last `rl.json` (summary).
+
+    Raises:
+        FileNotFoundError: no data file. RecordError (ValueError): a bad prompt row (file:line, id).
+        ValueError: an unloadable model, a bad option, a missing `resume_from_checkpoint` dir.
+    """
+    from autothink.sft import _resume_point, load_student
+
+    rows = read_rl_prompts(config.data)  # bad data fails before the model loads
+    resume = _resume_point(config)
+    model, tokenizer = load_student(config)
+    args = copy.copy(config)
+    args.model_init_kwargs = None  # the policy is loaded already
+    trainer = StepSRPOTrainer(model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer,
+                              callbacks=callbacks)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is None and trainer.metrics_path.exists():
+        trainer.metrics_path.unlink()  # a fresh run
+    stage1 = len(trainer.schedule.stage1)
+    print(f"rl: {len(rows)} prompts ({stage1} reasoning-heavy), G={args.num_generations}, ρ={args.forced_fraction}, "
+          f"{args.max_steps} steps ({args.stage1_steps} in stage 1) -> {out}"
+          + (f"; resuming from {resume}" if resume else ""))
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out))
+    trainer.save_state()
+    trainer.save_metrics("train", result.metrics)
+    plots = plot_rl_metrics(trainer.metrics_path, out) if trainer.metrics_path.exists() else []
+    history = read_metrics(trainer.metrics_path) if trainer.metrics_path.exists() else []
+    summary = {
+        "model": config.model, "data": config.data, "prompts": len(rows), "stage1_prompts": stage1,
+        "domains": sorted({r["domain"] for r in rows}), "resumed_from": resume,
+        "global_step": trainer.state.global_step, "epochs": [len(e) for e in trainer.schedule.epochs],
+        "first": history[0] if history else None, "last": history[-1] if history else None, "plots": plots,
+        "metrics": dict(result.metrics), "config": json.loads(config.to_json_string()),
+    }
+    (out / "rl.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"rl: {trainer.state.global_step} steps; think-on rate "
+          f"{(history[-1].get('think_on_rate') if history else None)}, accuracy "
+          f"{(history[-1].get('accuracy') if history else None)} -> {out}")
+    return str(out)

@@ -1,0 +1,378 @@
+"""`autothink rl`: Step-SRPO on TRL's GRPOTrainer: the TRL contract, forced modes, metrics, rewards/advantages
+wiring on a scripted batch, bad input, and tiny end-to-end runs with resume (data and schedule: test_rl_data.py)."""
+import copy
+import hashlib
+import inspect
+import json
+
+import pytest
+import torch
+import trl
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from autothink.algorithms import (
+    SEG_JUDGE,
+    SEG_RESPONSE,
+    group_normalize,
+    policy_loss,
+    segment_advantages,
+    segment_ids,
+    step_srpo_rewards,
+)
+from autothink.format import MODE_TOKENS, add_autothink_tokens, forced_prefix, parse
+from autothink.jsonl import RecordError, write_jsonl
+from autothink.models import tiny_model
+from autothink.rl import (
+    RLConfig,
+    StepSRPOTrainer,
+    forced_modes,
+    run_rl,
+    srpo_metrics,
+    to_dataset,
+)
+from autothink.rl_data import read_rl_prompts
+from autothink.tasks import load_suite
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread, and far faster than two threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- the TRL contract
+
+# GRPOTrainer methods that StepSRPOTrainer overrides or relies on: (signature, sha256[:16] of the source) in
+# trl 1.16.0, and what to re-check in autothink/rl.py when TRL changes one of them.
+TRL_CONTRACT = {
+    "_generate_single_turn": (
+        "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)", "e0f02e4fc094cefd",
+        ("it still takes the prompt token ids per row and returns (completion_ids, logprobs) per row, with the "
+        "completion ending at EOS; the forced prefill appends to the prompt ids and prepends to the completion")),
+    "_generate": (
+        "(self, prompts: list)", "2a27fdf8f5e6f356",
+        ("prompt_ids still come from _tokenize_prompts (not from _generate_single_turn), so the prefill ends up in "
+        "the completion; completions are decoded from the returned completion ids")),
+    "_calculate_rewards": (
+        "(self, inputs, prompts, completions, completion_ids_list)", "736ae29b083840b5",
+        ("it still returns the gathered [N_global, n_funcs] rewards, column 0 being verifier_reward, and is called "
+        "once per batch after generation")),
+    "_generate_and_score_completions": (
+        "(self, inputs: list[dict[str, torch.Tensor | typing.Any]]) -> dict[str, torch.Tensor | typing.Any]",
+        "1fa48922792dcd5c",
+        ("its output keeps prompt_ids/prompt_mask/completion_ids/completion_mask/num_items_in_batch in the local "
+        "row order of `inputs`, rows are grouped by num_generations globally, and `advantages`/`tool_mask` are "
+        "only consumed by _compute_loss")),
+    "_compute_loss": (
+        "(self, model, inputs)", "80295546bbdbf6f7",
+        ("it still accepts [B, T] advantages and multiplies completion_mask by inputs['tool_mask'] for the loss "
+        "(Step-SRPO's per-token advantages and forced-prefix mask ride on these)")),
+    "_get_train_sampler": (
+        "(self, dataset: datasets.arrow_dataset.Dataset | None = None) -> torch.utils.data.sampler.Sampler",
+        "36497afb4d311dc9",
+        ("the dataloader still expects RepeatSampler's layout (each prompt G times in a row, each generation batch "
+        "repeated num_iterations × steps_per_generation times), which SRPOSampler reproduces")),
+    "_save_checkpoint": (
+        "(self, model, trial)", "ec91bde123649111",
+        "the checkpoint folder is still <output_dir>/checkpoint-<global_step> when super() returns"),
+    "_load_optimizer_and_scheduler": (
+        "(self, checkpoint)", "5c1772becdfd7fdb",
+        ("it is still called with the checkpoint path after the trainer state is loaded and before the dataloader "
+        "is iterated (the SRPO schedule is restored there)")),
+}
+
+
+def test_trl_contract():
+    assert trl.__version__ == "1.16.0", (
+        f"TRL is {trl.__version__}, the Step-SRPO trainer was written against 1.16.0: re-check every entry of "
+        "TRL_CONTRACT in tests/test_rl.py against autothink/rl.py, then update the pin and the recorded values")
+    for name, (signature, digest, recheck) in TRL_CONTRACT.items():
+        method = getattr(trl.GRPOTrainer, name)
+        got = (str(inspect.signature(method)), hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16])
+        assert got == (signature, digest), (
+            f"trl.GRPOTrainer.{name} changed ({got}); StepSRPOTrainer overrides or relies on it. Re-check that "
+            f"{recheck}; then record the new signature and hash in TRL_CONTRACT")
+    overridden = {n for n, v in vars(StepSRPOTrainer).items() if callable(v) and hasattr(trl.GRPOTrainer, n)}
+    assert overridden - {"__init__"} <= set(TRL_CONTRACT), f"overrides without a contract entry: {overridden}"
+
+
+# --------------------------------------------------------------------------- forced modes and the schedule
+
+
+def test_forced_modes_force_a_share_of_each_group_half_on_half_off():
+    modes = forced_modes(16, 0, 4, 0.5, seed=0, step=3)
+    for g in range(4):
+        group = modes[4 * g: 4 * g + 4]
+        assert group[:2] == [None, None] and sorted(group[2:]) == ["off", "on"]
+    assert forced_modes(16, 0, 4, 0.5, seed=0, step=3) == modes  # deterministic (resume draws the same)
+    # A second process continues the global numbering.
+    assert forced_modes(8, 1, 4, 0.5, 0, 3) == modes[8:]
+    # ρG = 1.5: one or two forced per group, 1.5 on average; ρ = 0 forces nothing.
+    counts = [sum(m is not None for m in forced_modes(8, 0, 8, 0.1875, 0, step)) for step in range(400)]
+    assert set(counts) == {1, 2} and abs(sum(counts) / len(counts) - 1.5) < 0.1
+    assert forced_modes(8, 0, 4, 0.0, 0, 0) == [None] * 8
+
+
+def test_srpo_metrics():
+    m = srpo_metrics(modes=["on", "off", None, "on"], forced=[False, False, False, True],
+                     well_formed=[True, True, False, True], correct=[True, False, False, True],
+                     correct_mode=["on"] * 4, judge_reward=[1, 0, 0, 1], answer_reward=[1, 0, 0, 1],
+                     domains=["math", "math", "code", "code"],
+                     lengths={"judge": [3, 2, 0, 0], "think": [5, 0, 0, 4], "answer": [2, 2, 9, 2]})
+    assert m["think_on_rate"] == 0.5 and m["judge_accuracy"] == pytest.approx(1 / 3)
+    assert m["accuracy_on"] == 1.0 and m["accuracy_off"] == 0.0 and m["format_error_rate"] == 0.25
+    assert m["tokens_think"] == pytest.approx(5 / 3) and m["tokens_total"] == pytest.approx(29 / 4)
+    assert m["domain/code/think_on_rate"] is None and m["domain/math/accuracy"] == 0.5
+
+
+# --------------------------------------------------------------------------- data and bad input
+
+TASKS = load_suite("arithmetic", n=4)
+
+
+def _rows():
+    return [{"id": t.id, "prompt": t.messages, "verifier": t.verifier, "reference": json.dumps(t.reference),
+             "difficulty": t.difficulty, "domain": t.domain, "prior_mode": "on" if t.difficulty >= 3 else "off"}
+            for t in TASKS]
+
+
+def _gold(task):
+    return task.reference["entry"]["answer"]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "rl_prompts.jsonl"
+    write_jsonl(path, _rows())
+    return path
+
+
+def test_run_rl_names_a_bad_row_before_loading_the_model(tmp_path):
+    rows = _rows()
+    del rows[1]["reference"]
+    write_jsonl(tmp_path / "rl_prompts.jsonl", rows)
+    with pytest.raises(RecordError, match=f"rl_prompts.jsonl:2: record {rows[1]['id']!r}: no `reference`"):
+        run_rl(RLConfig(model="/nonexistent", data=str(tmp_path / "rl_prompts.jsonl"), output_dir=str(tmp_path / "out"),
+                        report_to="none"))
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="forced_fraction"):
+        RLConfig(output_dir="x", forced_fraction=1.5)
+    with pytest.raises(ValueError, match="sequence-level"):
+        RLConfig(output_dir="x", loss_type="vespo")
+    with pytest.raises(ValueError, match="scale_rewards"):
+        RLConfig(output_dir="x", scale_rewards="batch")
+    assert RLConfig(output_dir="x").delta is None  # TRL's two-sided clipping bound stays off; δ is mode_delta
+
+
+# --------------------------------------------------------------------------- the wiring on a scripted batch
+
+
+@pytest.fixture
+def policy(tokenizer):
+    model, tok = tiny_model(copy.deepcopy(tokenizer))
+    add_autothink_tokens(tok, model)
+    return model, tok
+
+
+def _trainer(policy, prompts_file, tmp_path, **overrides):
+    model, tok = policy
+    args = RLConfig(**({"output_dir": str(tmp_path), "report_to": "none", "num_generations": 4,
+                        "per_device_train_batch_size": 8, "max_completion_length": 16, "forced_fraction": 0.5,
+                        "max_steps": 1, "seed": 0, "disable_tqdm": True} | overrides))
+    return StepSRPOTrainer(model=model, args=args, train_dataset=to_dataset(read_rl_prompts(prompts_file)),
+                           processing_class=tok)
+
+
+def test_scripted_batch_gets_segment_advantages_of_the_core_functions(policy, prompts_file, tmp_path, monkeypatch):
+    trainer = _trainer(policy, prompts_file, tmp_path)
+    tok = trainer.processing_class
+    eos = tok.eos_token_id
+    g0, g1 = _gold(TASKS[0]), _gold(TASKS[1])
+    # Unforced rollouts by row; forced rollouts continue their prefill (which ends with <think> or <answer>).
+    unforced = {0: f"<judge>easy</judge><think_off><answer>{g0}</answer>",  # off, correct
+                1: "<judge>hard</judge><think_on><think>hmm</think><answer>999</answer>",  # on, wrong
+                4: "gibberish without tags",  # malformed
+                5: f"<judge>easy</judge><think_off><answer>{g1}</answer>"}  # off, correct
+    forced = {(0, "on"): f"hmm</think><answer>{g0}</answer>", (0, "off"): "7</answer>",
+              (1, "on"): f"ok</think><answer>{g1}</answer>", (1, "off"): f"{g1}</answer>"}
+    prefix_of = {tuple(ids): m for m, ids in trainer.prefix_ids.items()}
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for i, ids in enumerate(prompt_ids):
+            mode = prefix_of.get(tuple(ids[-len(trainer.prefix_ids["on"]):]))
+            text = unforced[i] if mode is None else forced[(i // 4, mode)]
+            out.append(tok(text, add_special_tokens=False).input_ids + [eos])
+        return out, None
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted)
+    rows = list(trainer.train_dataset)
+    inputs = [dict(rows[0]) for _ in range(4)] + [dict(rows[1]) for _ in range(4)]
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(inputs)
+
+    modes = forced_modes(8, 0, 4, 0.5, seed=0, step=0)
+    assert modes[:2] == [None, None] and modes[4:6] == [None, None]
+    texts = tok.batch_decode(out["completion_ids"], skip_special_tokens=True)
+    for i, m in enumerate(modes):  # forced completions start with the prefill
+        expected = forced_prefix(m) + forced[(i // 4, m)] if m else unforced[i]
+        assert texts[i] == expected
+    parsed = [parse(t) for t in texts]
+    assert [p.mode for p in parsed] == ["off", "on", *modes[2:4], None, "off", *modes[6:]]
+    correct = [True, False] + [modes[i] == "on" for i in (2, 3)] + [False, True, True, True]
+    is_forced = [m is not None for m in modes]
+    groups = [0] * 4 + [1] * 4
+    r_j, r_a, m_star = step_srpo_rewards([p.mode for p in parsed], correct, is_forced,
+                                         [p.well_formed for p in parsed], groups, gamma=0.5,
+                                         prior_modes=[r["prior_mode"] for r in inputs])
+    # By hand, group 0: p_on = p_off = 1/2 -> m* = off; the forced-on rollout is right in the wrong mode (γ).
+    assert m_star[0] == "off" and r_j[:2].tolist() == [1.0, 0.0] and r_a[:2].tolist() == [1.0, 0.0]
+    assert r_a[2 + modes[2:4].index("on")] == 0.5
+    a_j = group_normalize(r_j, groups, include=[not f for f in is_forced])
+    a_a = group_normalize(r_a, groups)
+    segments, mask = segment_ids(out["completion_ids"], trainer.tag_ids, is_forced, out["completion_mask"],
+                                 [len(tok(forced_prefix(m), add_special_tokens=False).input_ids) if m else 0
+                                  for m in modes])
+    torch.testing.assert_close(out["advantages"], segment_advantages(segments, a_j, a_a))
+    assert torch.equal(out["tool_mask"].float(), mask)
+    # Judge tokens carry the judge advantage, the rest the answer advantage (row 0: unforced, judge != answer).
+    assert out["advantages"][0][segments[0] == SEG_JUDGE].unique().tolist() == [pytest.approx(a_j[0].item())]
+    assert out["advantages"][0][segments[0] == SEG_RESPONSE].unique().tolist() == [pytest.approx(a_a[0].item())]
+    # Forced rollouts: the prefill, mode token included, has no loss; the rest is trained.
+    mode_ids = {tok.convert_tokens_to_ids(t) for t in MODE_TOKENS.values()}
+    for i, m in enumerate(modes):
+        n = len(tok(forced_prefix(m), add_special_tokens=False).input_ids) if m else 0
+        row, loss = out["completion_ids"][i], out["tool_mask"][i]
+        assert loss[:n].sum() == 0 and loss[n:].sum() == out["completion_mask"][i, n:].sum()
+        if m:
+            assert row[2].item() in mode_ids and loss[2] == 0
+    assert out["num_items_in_batch"] == mask.sum()
+    metrics = {k: v for k, v in trainer._metrics["train"].items() if k.startswith("srpo/")}
+    assert metrics["srpo/think_on_rate"] == [pytest.approx(1 / 3)] and metrics["srpo/format_error_rate"] == [0.125]
+
+    # TRL's unchanged _compute_loss applies these exactly as the core's token-level clipped surrogate.
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    attn = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attn, out["completion_ids"].size(1))
+    torch.manual_seed(0)
+    out["old_per_token_logps"] = (logps + 0.3 * torch.randn_like(logps)).detach()
+    trainer.current_gradient_accumulation_steps = 1
+    expected, _ = policy_loss(logps, out["old_per_token_logps"], out["advantages"], mask)
+    torch.testing.assert_close(trainer.compute_loss(trainer.model, out), expected)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _sft_policy(tokenizer, path, steps=100):
+    """A tiny policy taught the format with two fixed responses, half and half: think-off answering the first
+    task's answer, think-on answering the second's (so each mode is right on one prompt and m* differs by prompt)."""
+    model, tok = tiny_model(copy.deepcopy(tokenizer), seed=1)
+    add_autothink_tokens(tok, model)
+    responses = (f"<judge>easy</judge><think_off><answer>{_gold(TASKS[0])}</answer>",
+                 f"<judge>hard</judge><think_on><think>hmm</think><answer>{_gold(TASKS[1])}</answer>")
+    pairs = []
+    for t in TASKS:
+        p = tok.apply_chat_template(t.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        for response in responses:
+            r = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            pairs.append((p + r, [-100] * len(p) + r))
+    width = max(len(ids) for ids, _ in pairs)
+    ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in pairs])
+    labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in pairs])
+    attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in pairs])
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    target = labels[:, 1:]
+    for _ in range(steps):  # logits of the response positions only: the 49k-token head dominates the cost
+        hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[target != -100]), target[target != -100])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return loss.item()
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("policy")
+    assert _sft_policy(tokenizer, path) < 1.0
+    return path
+
+
+def _run_config(policy_dir, prompts_file, out, **overrides):
+    return RLConfig(**({
+        "model": str(policy_dir), "data": str(prompts_file), "output_dir": str(out), "report_to": "none",
+        "num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 16, "max_steps": 3,
+        "learning_rate": 1e-3, "forced_fraction": 0.5, "stage1_steps": 1, "save_steps": 2, "seed": 0,
+        "disable_tqdm": True} | overrides))
+
+
+@pytest.fixture(scope="module")
+def finished(policy_dir, prompts_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl") / "run"
+    assert run_rl(_run_config(policy_dir, prompts_file, out)) == str(out)
+    return out
+
+
+STEP_KEYS = {"think_on_rate", "judge_accuracy", "accuracy", "accuracy_on", "accuracy_off", "tokens_judge",
+             "tokens_think", "tokens_answer", "format_error_rate", "domain/math/accuracy", "domain/math/think_on_rate"}
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_metrics_and_plots_and_learns(finished, policy_dir):
+    out = finished
+    rows = [json.loads(line) for line in (out / "rl_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and [r["stage"] for r in rows] == [1, 2, 2]
+    assert all(STEP_KEYS <= set(r) for r in rows)
+    assert rows[0]["prompts"] == 2 and rows[0]["forced_rate"] == 0.5
+    assert all(r["format_error_rate"] < 1 for r in rows)  # the policy writes the format: rewards are not all zero
+    assert rows[0]["domain/math/accuracy"] == 0 and any(r["accuracy"] > 0 for r in rows[1:])  # stage 1: hard ones
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [log for log in state["log_history"] if "srpo/judge_accuracy" in log]
+    assert len(logged) == 3 and state["global_step"] == 3  # in the Trainer logs (-> report_to backends)
+    for name in ("think_on_rate.png", "tokens.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "checkpoint-2" / "srpo_schedule.json").exists()
+    summary = json.loads((out / "rl.json").read_text())
+    assert summary["global_step"] == 3 and summary["stage1_prompts"] == 2 and summary["resumed_from"] is None
+    before = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAtFirstCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise _Killed(f"killed at step {state.global_step}")
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_checkpoint(finished, policy_dir, prompts_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(_Killed, match="step 2"):
+        run_rl(_run_config(policy_dir, prompts_file, out), callbacks=[_KillAtFirstCheckpoint()])
+    with open(out / "rl_metrics.jsonl", "a") as f:  # a step logged after the checkpoint, before the kill
+        f.write(json.dumps({"step": 2, "stage": 2, "think_on_rate": 0.0}) + "\n")
+    run_rl(_run_config(policy_dir, prompts_file, out))
+    summary = json.loads((out / "rl.json").read_text())
+    assert summary["resumed_from"] == str(out / "checkpoint-2") and summary["global_step"] == 3
+    rows = [json.loads(line) for line in (out / "rl_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    # The schedule, the forced draws and the RNG state are restored: the resumed run is the uninterrupted one.
+    straight = [json.loads(line) for line in (finished / "rl_metrics.jsonl").read_text().splitlines()]
+    assert rows == straight
+    resumed = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for name, tensor in AutoModelForCausalLM.from_pretrained(finished).state_dict().items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
