@@ -33,7 +33,6 @@ from autothink.rl import (
 from autothink.rl_data import read_rl_prompts
 from autothink.tasks import load_suite
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
