@@ -19,6 +19,7 @@ from autothink.algorithms import (
     segment_ids,
     step_srpo_rewards,
 )
+from autothink.config import parse_config
 from autothink.format import MODE_TOKENS, add_autothink_tokens, forced_prefix, parse
 from autothink.jsonl import RecordError, write_jsonl
 from autothink.models import tiny_model
@@ -160,6 +161,9 @@ def test_config_checks():
     with pytest.raises(ValueError, match="scale_rewards"):
         RLConfig(output_dir="x", scale_rewards="batch")
     assert RLConfig(output_dir="x").delta is None  # TRL's two-sided clipping bound stays off; δ is mode_delta
+    config = parse_config(RLConfig, ["--mode_delta", "0.1", "--stage1_steps", "5", "--history_resampling", "false",
+                                     "--output_dir", "x"], prog="autothink rl")
+    assert (config.mode_delta, config.stage1_steps, config.history_resampling, config.delta) == (0.1, 5, False, None)
 
 
 # --------------------------------------------------------------------------- the wiring on a scripted batch
