@@ -108,6 +108,7 @@ JOBS = {
     "distill": ("autothink.distill", "DistillConfig", "run_distill",
                 "stage 1: distil a teacher into a student with ULD and MTP heads (--precompute: teacher top-k only)"),
     "sft": ("autothink.sft", "SFTConfig", "run_sft", "stage 2: cold-start SFT on AutoThink-format data (TRL SFTTrainer)"),
+    "rl": ("autothink.rl", "RLConfig", "run_rl", "stage 3: Step-SRPO reinforcement learning (TRL GRPOTrainer subclass)"),
 }
 
 
