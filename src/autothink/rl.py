@@ -249,6 +249,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         model: the policy (with the AutoThink tokens: `format.add_autothink_tokens`).
         args: an `RLConfig`. train_dataset: rows of `rl_data.read_rl_prompts` as a `datasets.Dataset`.
         processing_class: the tokenizer. eval_dataset, callbacks, peft_config: as for GRPOTrainer.
+            `args.max_steps` <= 0 is filled in: stage-1 steps plus `num_train_epochs` passes over the mix.
 
     Raises:
         ValueError: the tokenizer lacks the AutoThink tokens; stage 1 with no reasoning-heavy prompt.
