@@ -1,0 +1,332 @@
+"""`autothink eval`: accuracy and thinking cost under auto, forced-on and forced-off modes.
+
+    autothink eval --model runs/rl --suites arithmetic:1 arithmetic:5 math500 --n 50
+    autothink eval --model http://localhost:8000/v1#autothink --config eval.yaml
+
+Every task of every suite is sampled under each mode, parsed, verified and its tokens counted
+per segment. Outputs in `output_dir`: `samples.jsonl` (one line per sample), `settings.json`,
+`metrics.json`, `think_tokens.png`, `accuracy_tokens.png` and `report.html`. Samples are
+appended as they finish, so a killed run resumes where it stopped: a rerun reuses every sample
+already in `samples.jsonl` (keyed by suite, mode, task id and sample index) and, when done,
+leaves it holding exactly this run's samples in order. Changed sampling settings (model,
+max_tokens, temperature, ...) are refused for an output dir that holds samples.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from autothink.data.runner import _load_done, record_seed  # the runner's resume: torn line cut, records by id
+from autothink.demo import PRIMER
+from autothink.format import forced_prefix, install_chat_template, parse
+from autothink.jsonl import write_jsonl
+from autothink.llm import THINKING_VALUES, Backend, BackendError, SamplingParams, make_backend
+from autothink.tasks import SUITES, Task, load_suite
+from autothink.verify import verify_many
+
+SEGMENTS = ("judge", "think", "answer")
+# Settings that change what a sample is: a rerun may reuse samples only when these match.
+SAMPLE_SETTINGS = ("model", "tokenizer", "primer", "max_tokens", "temperature", "top_p", "samples", "seed")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how to sample it.
+
+    Suites are written `name` (a built-in suite, see `autothink tasks list`), `name:T` (tier T,
+    1-5, of a graded suite: arithmetic, gsm_symbolic, propositional_logic, knights_knaves) or a
+    path to a tasks JSONL file (`file.jsonl:T` keeps only tasks of difficulty T).
+
+    The primer (a one-shot example of the format, `autothink.demo.PRIMER`) is off by default: it
+    changes the prompt a trained model was tuned on. Turn it on for a model never trained on the
+    format, such as the embedded base model.
+    """
+
+    model: str = field(default="runs/rl", metadata={
+        "help": "backend spec: embedded name, model dir, hub id or http://host:port/v1#model"})
+    suites: list[str] = field(default_factory=lambda: ["arithmetic", "gsm_symbolic", "knights_knaves"], metadata={
+        "help": "suites: NAME, NAME:TIER (1-5, graded suites) or a tasks .jsonl path"})
+    n: int | None = field(default=20, metadata={"help": "tasks per suite (none: all, or 100 for generated suites)"})
+    modes: list[str] = field(default_factory=lambda: ["auto", "on", "off"], metadata={
+        "help": "thinking modes to compare: auto (the model decides), on, off (forced)"})
+    max_tokens: int = field(default=512, metadata={"help": "new tokens per sample"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    samples: int = field(default=1, metadata={"help": "samples per task and mode (> 1 needs temperature > 0)"})
+    think_budget: int = field(default=512, metadata={
+        "help": "think tokens at which the overthinking score reaches 0 (keep it fixed across compared runs)"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer that counts segment tokens (default: the local model's, else the embedded model's)"})
+    primer: bool = field(default=False, metadata={"help": "prepend the one-shot format primer (untrained models)"})
+    batch_size: int = field(default=16, metadata={"help": "tasks per generate call"})
+    verify_workers: int = field(default=0, metadata={"help": "processes that verify answers (0: this process)"})
+    seed: int = field(default=0, metadata={"help": "seed of generated suites and of sampling"})
+    output_dir: str = field(default="runs/eval", metadata={"help": "samples, metrics, plots and report.html"})
+
+    def __post_init__(self):
+        # YAML 1.1 reads unquoted `on` / `off` as booleans.
+        self.modes = [{True: "on", False: "off"}[m] if isinstance(m, bool) else m for m in self.modes]
+        for name, low in (("max_tokens", 1), ("samples", 1), ("think_budget", 1), ("batch_size", 1),
+                          ("verify_workers", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"EvalConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
+            raise ValueError(f"EvalConfig.n must be an integer >= 1 or None, got {self.n!r}")
+        if not self.temperature >= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"EvalConfig: need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, "
+                             f"{self.top_p}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("EvalConfig.samples > 1 needs temperature > 0: greedy samples are identical")
+        if not self.modes or not set(self.modes) <= set(THINKING_VALUES) or len(set(self.modes)) < len(self.modes):
+            raise ValueError(f"EvalConfig.modes must be distinct values of {', '.join(THINKING_VALUES)}; "
+                             f"got {self.modes}")
+        if not self.suites:
+            raise ValueError("EvalConfig.suites is empty")
+        labels = [suite_label(s) for s in self.suites]
+        twice = {label for label in labels if labels.count(label) > 1}
+        if twice:
+            raise ValueError(f"EvalConfig.suites lists {sorted(twice)} more than once")
+
+
+def parse_suite(spec: str) -> tuple[str, int | None]:
+    """`(name or path, tier)` of a suite spec; checks the name, the file and the tier.
+
+    Raises:
+        ValueError: unknown suite (the message lists the valid ones), missing file, bad tier.
+
+    >>> parse_suite("arithmetic:2")
+    ('arithmetic', 2)
+    """
+    name, sep, tier = spec.rpartition(":")
+    if not (sep and tier.isdigit()):
+        name, tier = spec, None
+    if tier is not None and not 1 <= int(tier) <= 5:
+        raise ValueError(f"suite {spec!r}: tiers run from 1 to 5")
+    if name in SUITES:
+        if tier is not None and not SUITES[name].graded:
+            graded = [s for s, suite in SUITES.items() if suite.graded]
+            raise ValueError(f"suite {spec!r}: {name} has no tiers (graded suites: {', '.join(graded)})")
+    elif not Path(name).is_file():
+        what = "no such tasks file" if name.endswith(".jsonl") else "unknown suite"
+        raise ValueError(f"{what} {name!r}; valid suites: {', '.join(SUITES)} "
+                         "(graded ones take a tier, e.g. arithmetic:3), or a tasks .jsonl path")
+    return name, None if tier is None else int(tier)
+
+
+def suite_label(spec: str) -> str:
+    """The name a suite goes by in samples, metrics and plots: the spec, or a file's stem."""
+    name, tier = parse_suite(spec)
+    return spec if name in SUITES else Path(name).stem + ("" if tier is None else f":{tier}")
+
+
+def load_suites(config: EvalConfig) -> dict[str, list[Task]]:
+    """Tasks per suite label; every task must carry a verifier.
+
+    Raises:
+        ValueError: a suite yields no tasks, or has tasks that cannot be graded by rule.
+    """
+    suites = {}
+    for spec in config.suites:
+        name, tier = parse_suite(spec)
+        tasks = load_suite(name, n=config.n, difficulty=tier, seed=config.seed)
+        if not tasks:
+            raise ValueError(f"suite {spec!r} has no tasks")
+        ungraded = [t.id for t in tasks if t.verifier is None]
+        if ungraded:
+            raise ValueError(f"suite {spec!r}: {len(ungraded)} tasks have no verifier (e.g. {ungraded[0]!r}); "
+                             "eval grades by rule only")
+        suites[suite_label(spec)] = tasks
+    return suites
+
+
+def open_backend(config: EvalConfig) -> Backend:
+    """The backend of `config.model`; an HTTP endpoint is probed so that a dead one fails now."""
+    if not config.model.startswith(("http://", "https://")):
+        return make_backend(config.model, batch_size=config.batch_size * config.samples)
+    import openai
+
+    backend = make_backend(config.model)
+    client = backend.client.with_options(max_retries=0, timeout=10.0)
+    try:
+        served = [m.id for m in client.models.list().data]
+    except openai.APIConnectionError as err:
+        raise BackendError(f"cannot reach {backend.base_url} ({err}); is the server running?") from None
+    except openai.APIStatusError as err:
+        if err.status_code != 404:  # a server without /models is checked by its first request
+            raise BackendError(f"{backend.base_url}/models answered HTTP {err.status_code}: {err.message}") from None
+        return backend
+    wanted = config.model.partition("#")[2]
+    if wanted and wanted not in served:
+        raise BackendError(f"{backend.base_url} does not serve model {wanted!r}; it serves: {', '.join(served)}")
+    return backend
+
+
+def _check_settings(config: EvalConfig, out: Path) -> dict:
+    """This run's sample settings; refuses an output dir whose samples were made differently."""
+    settings = {k: getattr(config, k) for k in SAMPLE_SETTINGS}
+    path = out / "settings.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = [k for k in SAMPLE_SETTINGS if before.get(k) != settings[k]]
+        if changed and (out / "samples.jsonl").exists():
+            k = changed[0]
+            raise ValueError(f"{out} holds samples made with {k}={before.get(k)!r}, not {settings[k]!r}; "
+                             "use another output_dir or move samples.jsonl away")
+    return settings
+
+
+def sample_id(suite: str, mode: str, task_id: str, k: int) -> str:
+    """The key of one sample in `samples.jsonl`: what a rerun looks up to reuse it."""
+    return f"{suite}|{mode}|{task_id}|{k}"
+
+
+def _count_tokens(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def score_samples(
+    label: str, mode: str, tasks: list[Task], outs: list, tokenizer, verify_workers: int = 0
+) -> list[dict]:
+    """One record per completion: the full response (forced prefix restored), its parts, tokens, verdict.
+
+    Segment tokens count each part's text (tags excluded) with `tokenizer`; `total` is the
+    backend's count of generated tokens (the forced prefix is prompt, not output), or the
+    tokenizer's count of the completion when the backend reports none.
+    """
+    pairs = [(task, k, c) for task, cs in zip(tasks, outs) for k, c in enumerate(cs)]
+    responses = [forced_prefix(mode) + c.text for _, _, c in pairs]
+    verdicts = verify_many([t.verifier for t, _, _ in pairs], responses, [t.reference for t, _, _ in pairs],
+                           workers=verify_workers)
+    parsed = [parse(r) for r in responses]
+    counts = {s: _count_tokens(tokenizer, [getattr(p, s) or "" for p in parsed]) for s in SEGMENTS}
+    recount = _count_tokens(tokenizer, [c.text for _, _, c in pairs])
+    records = []
+    for i, ((task, k, c), response, p, verdict) in enumerate(zip(pairs, responses, parsed, verdicts)):
+        records.append({
+            "id": sample_id(label, mode, task.id, k), "suite": label, "task_id": task.id, "tier": task.difficulty,
+            "mode": mode, "sample": k, "response": response, "finish_reason": c.finish_reason,
+            "parsed": {"judge": p.judge, "mode": p.mode, "think": p.think, "answer": p.answer,
+                       "well_formed": p.well_formed, "errors": p.errors},
+            "tokens": {**{s: counts[s][i] for s in SEGMENTS}, "total": c.tokens or recount[i]},
+            "passed": verdict.passed, "score": verdict.score, "detail": verdict.detail,
+        })
+    return records
+
+
+# --- metrics: plain functions of sample records --------------------------------------------
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def overthinking_score(samples: list[dict], budget: int) -> float:
+    """OptimalThinkingBench-style: mean of correct × max(0, 1 − think_tokens / budget).
+
+    A correct answer scores 1 without reasoning and less the longer it thought; a wrong one 0.
+
+    >>> overthinking_score([{"passed": True, "tokens": {"think": 25}}, {"passed": False, "tokens": {"think": 0}}], 100)
+    0.375
+    """
+    return _mean([s["passed"] * max(0.0, 1 - s["tokens"]["think"] / budget) for s in samples])
+
+
+def tokens_per_correct(samples: list[dict]) -> float | None:
+    """All generated tokens divided by the number of correct answers (None when none is correct)."""
+    correct = sum(s["passed"] for s in samples)
+    return sum(s["tokens"]["total"] for s in samples) / correct if correct else None
+
+
+def group_metrics(samples: list[dict], think_budget: int) -> dict:
+    """Metrics of one group of samples (a suite under one mode, or all suites under one mode)."""
+    if not samples:
+        raise ValueError("no samples to summarize")
+    return {
+        "n": len(samples),
+        "accuracy": _mean([s["passed"] for s in samples]),
+        "think_on_rate": _mean([s["parsed"]["mode"] == "on" for s in samples]),
+        "format_rate": _mean([s["parsed"]["well_formed"] for s in samples]),
+        "truncated_rate": _mean([s["finish_reason"] == "length" for s in samples]),
+        **{f"{part}_tokens": _mean([s["tokens"][part] for s in samples]) for part in (*SEGMENTS, "total")},
+        "tokens_per_correct": tokens_per_correct(samples),
+        "overthinking": overthinking_score(samples, think_budget),
+    }
+
+
+def summarize(records: list[dict], suites: list[str], modes: list[str], think_budget: int) -> dict:
+    """`{"suites": {suite: {mode: metrics}}, "all": {mode: metrics}}`; "all" pools every sample."""
+    by = {(s, m): [] for s in suites for m in modes}
+    for r in records:
+        by[r["suite"], r["mode"]].append(r)
+    return {
+        "suites": {s: {m: group_metrics(by[s, m], think_budget) for m in modes} for s in suites},
+        "all": {m: group_metrics([r for r in records if r["mode"] == m], think_budget) for m in modes},
+    }
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
+    """Sample, verify and score every suite under every mode; write samples, metrics, plots, report.
+
+    Everything that can be checked (suites, tasks, output dir, endpoint, tokenizer) is checked
+    before the first sample. `backend` replaces the one `config.model` names (tests, notebooks).
+
+    Returns:
+        The contents of `metrics.json`.
+    """
+    from autothink.eval_report import format_table, write_plots, write_report
+    from autothink.models import load_tokenizer
+
+    suites = load_suites(config)
+    out = Path(config.output_dir)
+    settings = _check_settings(config, out)
+    backend = backend or open_backend(config)
+    local_tokenizer = getattr(backend, "tokenizer", None)
+    if local_tokenizer is not None:  # a local model: let its chat template take `thinking`
+        install_chat_template(local_tokenizer)
+    if config.tokenizer is not None:
+        tokenizer = load_tokenizer(config.tokenizer)
+    else:
+        tokenizer = local_tokenizer or load_tokenizer()
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(settings, indent=2))
+    samples_path = out / "samples.jsonl"
+    done = _load_done(samples_path)
+    params = SamplingParams(n=config.samples, temperature=config.temperature, top_p=config.top_p,
+                            max_tokens=config.max_tokens)
+    prefix = PRIMER if config.primer else []
+    ids = [sample_id(label, mode, task.id, k) for label, tasks in suites.items() for mode in config.modes
+           for task in tasks for k in range(config.samples)]
+    with open(samples_path, "a", encoding="utf-8") as sink, tqdm(
+        total=len(ids), initial=sum(i in done for i in ids), desc="eval", unit="sample"
+    ) as bar:
+        for label, tasks in suites.items():
+            for mode in config.modes:
+                bar.set_postfix_str(f"{label} {mode}")
+                todo = [t for t in tasks
+                        if any(sample_id(label, mode, t.id, k) not in done for k in range(config.samples))]
+                for start in range(0, len(todo), config.batch_size):
+                    chunk = todo[start : start + config.batch_size]
+                    seeded = replace(params, seed=record_seed(config.seed, label, mode, chunk[0].id))
+                    outs = backend.generate([prefix + t.messages for t in chunk], seeded, thinking=mode)
+                    for record in score_samples(label, mode, chunk, outs, tokenizer, config.verify_workers):
+                        if record["id"] not in done:
+                            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                            sink.flush()
+                            done[record["id"]] = record
+                            bar.update(1)
+    records = [done[i] for i in ids]
+    write_jsonl(samples_path, records)  # this run's samples, in order
+    metrics = {"model": backend.name, "samples": len(records), "think_budget": config.think_budget,
+               **summarize(records, list(suites), config.modes, config.think_budget)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plots = write_plots(metrics, out)
+    write_report(metrics, asdict(config), plots, out / "report.html")
+    print(format_table(metrics))
+    print(f"samples: {samples_path}   metrics: {out / 'metrics.json'}   report: {out / 'report.html'}")
+    return metrics

@@ -1,0 +1,148 @@
+"""What `autothink eval` shows: a text table, PNG plots and one self-contained HTML report."""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+MODE_COLORS = {"auto": "#4C72B0", "on": "#C44E52", "off": "#55A868"}
+# (metrics key, column title, format) of every table.
+COLUMNS = (
+    ("n", "n", "{:d}"),
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("think_on_rate", "think-on rate", "{:.3f}"),
+    ("format_rate", "well-formed", "{:.3f}"),
+    ("truncated_rate", "truncated", "{:.3f}"),
+    ("judge_tokens", "judge tok", "{:.1f}"),
+    ("think_tokens", "think tok", "{:.1f}"),
+    ("answer_tokens", "answer tok", "{:.1f}"),
+    ("total_tokens", "total tok", "{:.1f}"),
+    ("tokens_per_correct", "tok / correct", "{:.1f}"),
+    ("overthinking", "overthinking", "{:.3f}"),
+)
+
+
+def _cell(metrics: dict, key: str, fmt: str) -> str:
+    return "-" if metrics[key] is None else fmt.format(metrics[key])
+
+
+def _rows(metrics: dict) -> list[tuple[str, str, dict]]:
+    """(suite, mode, metrics) for every suite and then the pooled "all" rows."""
+    groups = [*metrics["suites"].items(), ("all", metrics["all"])]
+    return [(suite, mode, m) for suite, by_mode in groups for mode, m in by_mode.items()]
+
+
+def format_table(metrics: dict) -> str:
+    """A plain-text table: one line per suite and mode."""
+    width = max(len(s) for s, _, _ in _rows(metrics)) + 2
+    lines = [f"model: {metrics['model']}   think budget: {metrics['think_budget']}",
+             f"{'suite':{width}s}{'mode':6s}" + "".join(f"{title:>14s}" for _, title, _ in COLUMNS)]
+    for suite, mode, m in _rows(metrics):
+        lines.append(f"{suite:{width}s}{mode:6s}" + "".join(f"{_cell(m, k, f):>14s}" for k, _, f in COLUMNS))
+    return "\n".join(lines)
+
+
+def write_plots(metrics: dict, output_dir: str | Path) -> list[Path]:
+    """`think_tokens.png` (think-on rate and mean tokens per suite and mode) and
+    `accuracy_tokens.png` (accuracy against mean tokens; a line joins each suite's modes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(output_dir)
+    suites = [*metrics["suites"], "all"]
+    by = {**metrics["suites"], "all": metrics["all"]}
+    modes = list(metrics["all"])
+    width = 0.8 / len(modes)
+
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(suites)), 4))
+    for ax, key, title in ((axes[0], "think_on_rate", "think-on rate"), (axes[1], "total_tokens", "mean tokens")):
+        for j, mode in enumerate(modes):
+            xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(suites))]
+            ax.bar(xs, [by[s][mode][key] for s in suites], width, label=mode, color=MODE_COLORS[mode])
+        ax.set_xticks(range(len(suites)), suites, rotation=20, ha="right")
+        ax.set_title(f"{title} per benchmark")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(title="mode")
+    fig.tight_layout()
+    bars = out / "think_tokens.png"
+    fig.savefig(bars, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for suite in suites:
+        points = sorted((by[suite][m]["total_tokens"], by[suite][m]["accuracy"]) for m in modes)
+        ax.plot(*zip(*points), color="#999999", lw=2 if suite == "all" else 0.8, zorder=1)
+        ax.annotate(suite, points[-1], fontsize=8, xytext=(4, 4), textcoords="offset points")
+    for mode in modes:
+        ax.scatter([by[s][mode]["total_tokens"] for s in suites], [by[s][mode]["accuracy"] for s in suites],
+                   color=MODE_COLORS[mode], label=mode, zorder=2)
+    ax.set_xlabel("mean tokens per sample")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("accuracy vs tokens")
+    ax.legend(title="mode")
+    fig.tight_layout()
+    scatter = out / "accuracy_tokens.png"
+    fig.savefig(scatter, dpi=100)
+    plt.close(fig)
+    return [bars, scatter]
+
+
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+          "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child,td:first-child"
+          "{text-align:left}tr.all td{font-weight:bold}img{max-width:100%}")
+
+
+def _metrics_table(rows: list[tuple[str, str, dict]]) -> str:
+    head = "<tr><th>suite</th><th>mode</th>" + "".join(f"<th>{t}</th>" for _, t, _ in COLUMNS) + "</tr>"
+    body = "".join(
+        ('<tr class="all">' if suite == "all" else "<tr>") + f"<td>{html.escape(suite)}</td><td>{mode}</td>"
+        + "".join(f"<td>{_cell(m, k, f)}</td>" for k, _, f in COLUMNS) + "</tr>"
+        for suite, mode, m in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _comparison(metrics: dict) -> str:
+    """Auto against the forced modes: accuracy gaps and auto's share of forced-on tokens."""
+    if not {"auto", "on", "off"} <= set(metrics["all"]):
+        return "<p>(auto against forced modes needs all three modes)</p>"
+    rows = []
+    for suite, m in [*metrics["suites"].items(), ("all", metrics["all"])]:
+        ratio = m["auto"]["total_tokens"] / m["on"]["total_tokens"] if m["on"]["total_tokens"] else None
+        rows.append(
+            f"<tr><td>{html.escape(suite)}</td>"
+            + "".join(f"<td>{m[mode]['accuracy']:.3f}</td>" for mode in ("auto", "on", "off"))
+            + f"<td>{m['auto']['accuracy'] - m['on']['accuracy']:+.3f}</td>"
+            + f"<td>{m['auto']['accuracy'] - m['off']['accuracy']:+.3f}</td>"
+            + f"<td>{'-' if ratio is None else f'{ratio:.2f}'}</td><td>{m['auto']['think_on_rate']:.3f}</td></tr>"
+        )
+    head = ("<tr><th>suite</th><th>acc auto</th><th>acc on</th><th>acc off</th><th>auto − on</th>"
+            "<th>auto − off</th><th>tokens auto / on</th><th>auto think-on rate</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def write_report(metrics: dict, config: dict, plots: list[Path], path: str | Path) -> Path:
+    """One HTML file with the settings, the comparison and metrics tables and the plots inlined."""
+    images = "".join(
+        f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
+        for p in plots
+    )
+    settings = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in config.items())
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>autothink eval: {html.escape(metrics['model'])}</title>
+<style>{_STYLE}</style></head><body>
+<h1>autothink eval: {html.escape(metrics['model'])}</h1>
+<p>{metrics['samples']} samples. Overthinking score: mean of correct × max(0, 1 − think tokens /
+{metrics['think_budget']}). Tokens per correct: all generated tokens / correct answers.</p>
+<h2>Auto against forced on and forced off</h2>{_comparison(metrics)}
+<h2>All metrics</h2>{_metrics_table(_rows(metrics))}
+<h2>Plots</h2>{images}
+<h2>Settings</h2><table>{settings}</table>
+</body></html>
+"""
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
