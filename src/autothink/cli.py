@@ -109,6 +109,8 @@ JOBS = {
                 "stage 1: distil a teacher into a student with ULD and MTP heads (--precompute: teacher top-k only)"),
     "sft": ("autothink.sft", "SFTConfig", "run_sft", "stage 2: cold-start SFT on AutoThink-format data (TRL SFTTrainer)"),
     "rl": ("autothink.rl", "RLConfig", "run_rl", "stage 3: Step-SRPO reinforcement learning (TRL GRPOTrainer subclass)"),
+    "eval": ("autothink.eval", "EvalConfig", "run_eval",
+             "accuracy, think-on rate and tokens under auto, forced-on and forced-off modes"),
 }
 
 
