@@ -49,7 +49,8 @@ class EvalConfig:
         "help": "backend spec: embedded name, model dir, hub id or http://host:port/v1#model"})
     suites: list[str] = field(default_factory=lambda: ["arithmetic", "gsm_symbolic", "knights_knaves"], metadata={
         "help": "suites: NAME, NAME:TIER (1-5, graded suites) or a tasks .jsonl path"})
-    n: int | None = field(default=20, metadata={"help": "tasks per suite (none: all, or 100 for generated suites)"})
+    n: int | None = field(default=20, metadata={
+        "help": "tasks per suite (`n: null` in YAML: all, or 100 for generated suites)"})
     modes: list[str] = field(default_factory=lambda: ["auto", "on", "off"], metadata={
         "help": "thinking modes to compare: auto (the model decides), on, off (forced)"})
     max_tokens: int = field(default=512, metadata={"help": "new tokens per sample"})
