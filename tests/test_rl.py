@@ -373,3 +373,36 @@ def test_a_killed_run_resumes_from_its_checkpoint(finished, policy_dir, prompts_
     resumed = AutoModelForCausalLM.from_pretrained(out).state_dict()
     for name, tensor in AutoModelForCausalLM.from_pretrained(finished).state_dict().items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_one_model(finished, policy_dir, prompts_file, tmp_path):
+    """`torchrun --nproc_per_node 2` on CPU: each process generates half of every batch; rewards, groups and
+    metrics are gathered across both, gradients are averaged (DDP over gloo) and one process writes the outputs."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    flags = [f"--{k}={v}" for k, v in {
+        "model": policy_dir, "data": prompts_file, "output_dir": out, "report_to": "none", "num_generations": 4,
+        "per_device_train_batch_size": 4, "max_completion_length": 16, "max_steps": 3, "learning_rate": 1e-3,
+        "forced_fraction": 0.5, "stage1_steps": 1, "save_steps": 2, "seed": 0, "disable_tqdm": True,
+        "use_cpu": True}.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "autothink.cli", "rl", *flags], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("rl: 3 steps") == 1  # the summary line comes from one process
+    rows = [json.loads(line) for line in (out / "rl_metrics.jsonl").read_text().splitlines()]
+    # Two processes × 4 rollouts = the single-process run's 8: two groups of 4 per step, gathered in the metrics.
+    assert [r["step"] for r in rows] == [0, 1, 2] and [r["stage"] for r in rows] == [1, 2, 2]
+    single = [json.loads(line) for line in (finished / "rl_metrics.jsonl").read_text().splitlines()]
+    assert [r["prompts"] for r in rows] == [r["prompts"] for r in single]
+    assert rows[0]["forced_rate"] == 0.5  # ρ of the global batch, drawn with the global rollout numbering
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and json.loads((out / "rl.json").read_text())["global_step"] == 3
+    before = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

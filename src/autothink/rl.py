@@ -495,8 +495,8 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
                               callbacks=callbacks)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if resume is None and trainer.metrics_path.exists():
-        trainer.metrics_path.unlink()  # a fresh run
+    if resume is None and trainer.is_world_process_zero():
+        trainer.metrics_path.unlink(missing_ok=True)  # a fresh run
     stage1 = len(trainer.schedule.stage1)
     print(f"rl: {len(rows)} prompts ({stage1} reasoning-heavy), G={args.num_generations}, ρ={args.forced_fraction}, "
           f"{args.max_steps} steps ({args.stage1_steps} in stage 1) -> {out}"
@@ -505,6 +505,8 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
     trainer.save_model(str(out))
     trainer.save_state()
     trainer.save_metrics("train", result.metrics)
+    if not trainer.is_world_process_zero():  # under torchrun / accelerate launch, one process writes the summary
+        return str(out)
     plots = plot_rl_metrics(trainer.metrics_path, out) if trainer.metrics_path.exists() else []
     history = read_metrics(trainer.metrics_path) if trainer.metrics_path.exists() else []
     summary = {
