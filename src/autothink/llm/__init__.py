@@ -8,13 +8,18 @@
 `thinking` ("auto" | "on" | "off") goes to the AutoThink chat template (see `autothink.format`);
 over HTTP it is sent as `chat_template_kwargs={"thinking": ...}` (vLLM's convention). Under a forced
 mode the completion text starts *after* the forced prefix (`autothink.format.forced_prefix`).
+
+`prefix=` continues an assistant reply that is already partly written (how a thinking budget forces
+`</think><answer>`): locally it is appended after the rendered generation prompt; over HTTP it is
+sent as a final assistant message with vLLM's `continue_final_message=True`. `stream` yields a
+completion's text while it is generated.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 Conversation = list[dict]
 THINKING_VALUES = ("auto", "on", "off")
@@ -69,12 +74,16 @@ class Completion:
     `finish_reason` is "stop" (end of sequence or a stop string; the stop string is not part of
     `text`) or "length" (`max_tokens` reached). `tokens` counts completion tokens;
     `prompt_tokens` the tokens of the rendered prompt (0 when the backend does not know).
+    `stop_reason` is the stop string that ended the completion (None for end of sequence, for
+    `max_tokens`, and from servers that do not report it), so callers can tell a stop string
+    from the end of sequence although both cut the text.
     """
 
     text: str
     finish_reason: str
     tokens: int
     prompt_tokens: int = 0
+    stop_reason: str | None = None
 
 
 def check_thinking(thinking: str | None) -> None:
@@ -82,29 +91,82 @@ def check_thinking(thinking: str | None) -> None:
         raise ValueError(f"thinking must be None, 'auto', 'on' or 'off', got {thinking!r}")
 
 
+def _check_prefixes(prefix, count: int) -> list[str] | None:
+    """One prefix per conversation from `prefix` (None, one string for all, or one per conversation)."""
+    if prefix is None:
+        return None
+    prefixes = [prefix] * count if isinstance(prefix, str) else list(prefix)
+    if len(prefixes) != count or not all(isinstance(p, str) for p in prefixes):
+        raise ValueError(f"prefix must be a string or one string per conversation ({count}), got {prefix!r}")
+    return prefixes if any(prefixes) else None
+
+
 class Backend(ABC):
-    """Samples completions for chat conversations; `name` identifies the model."""
+    """Samples completions for chat conversations; `name` identifies the model.
+
+    Subclasses implement `_generate(conversations, params, thinking)`; those that can continue a
+    partly written reply set `supports_prefix = True` and accept `prefixes=` there too. `stream`
+    works on every backend; subclasses that can stream override it.
+    """
 
     name: str = "backend"
+    supports_prefix: bool = False
 
     def generate(
         self,
         conversations: Sequence[Conversation],
         params: SamplingParams,
         thinking: str | None = None,
+        prefix: str | Sequence[str] | None = None,
     ) -> list[list[Completion]]:
-        """One list of `params.n` completions per conversation, in the order given."""
+        """One list of `params.n` completions per conversation, in the order given.
+
+        Args:
+            prefix: the start of the assistant reply to continue (one string for all
+                conversations or one per conversation); it comes after the forced-mode prefix
+                and is not part of the completion text.
+
+        Raises:
+            ValueError: a bad `thinking` or `prefix`, or a prefix for a backend that cannot
+                continue replies.
+        """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         check_thinking(thinking)
         conversations = [list(c) for c in conversations]
-        return self._generate(conversations, params, thinking) if conversations else []
+        prefixes = _check_prefixes(prefix, len(conversations))
+        if not conversations:
+            return []
+        if prefixes is None:
+            return self._generate(conversations, params, thinking)
+        if not self.supports_prefix:
+            raise ValueError(f"{type(self).__name__} cannot continue a reply from a prefix")
+        return self._generate(conversations, params, thinking, prefixes=prefixes)
+
+    def stream(
+        self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = ""
+    ) -> Iterator[str | Completion]:
+        """Yield the text of one completion in pieces as it is generated, then the `Completion`.
+
+        The pieces concatenate to `Completion.text`. This default generates the whole completion
+        and yields it as one piece; backends that decode token by token override it.
+
+        Raises:
+            ValueError: `params.n` is not 1 (or as `generate`).
+        """
+        if params.n != 1:
+            raise ValueError(f"stream samples one completion; got n={params.n}")
+        completion = self.generate([conversation], params, thinking, prefix=prefix or None)[0][0]
+        if completion.text:
+            yield completion.text
+        yield completion
 
     @abstractmethod
     def _generate(
         self, conversations: list[Conversation], params: SamplingParams, thinking: str | None
     ) -> list[list[Completion]]:
-        """`generate` on validated arguments and at least one conversation."""
+        """`generate` on validated arguments and at least one conversation (`prefixes=` too when
+        `supports_prefix`)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -5,6 +5,11 @@ client's, with its exponential backoff capped at `max_backoff_s`. Conversations 
 concurrently, at most `max_concurrency` requests in flight per backend. With `cache_dir`, each
 request's completions are stored as one JSON file keyed by a hash of the full request, so a rerun
 costs no requests.
+
+A reply prefix (`generate(..., prefix=)`) is sent as vLLM does it: the forced-mode prefix plus the
+prefix as a final assistant message, with `continue_final_message=True, add_generation_prompt=False`.
+When a choice carries `raw_content` (`autothink serve` sends the generated text, AutoThink tags
+and all, beside the split `content`/`reasoning_content`) the completion text is that.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import openai
+
+from autothink.format import forced_prefix
 
 from . import Backend, BackendError, Completion, Conversation, SamplingParams
 
@@ -104,6 +111,8 @@ class HTTPBackend(Backend):
         cache_dir: directory for the on-disk response cache (None: no cache).
     """
 
+    supports_prefix = True
+
     def __init__(
         self,
         base_url: str,
@@ -175,9 +184,11 @@ class HTTPBackend(Backend):
                     f"{self.base_url} failed with HTTP {err.status_code} after {self.max_retries} retries: {message}"
                 ) from err
 
-    def request_for(self, conversation: Conversation, params: SamplingParams, thinking: str | None) -> dict:
+    def request_for(
+        self, conversation: Conversation, params: SamplingParams, thinking: str | None, prefix: str = ""
+    ) -> dict:
         """The full description of one request: the cache key and the source of the request body."""
-        return {
+        request = {
             "base_url": self.base_url,
             "model": self.model,
             "messages": conversation,
@@ -189,11 +200,19 @@ class HTTPBackend(Backend):
             "seed": params.seed,
             "thinking": thinking,
         }
+        if prefix:  # only then: cache keys of plain requests stay as they were
+            request["prefix"] = prefix
+        return request
 
     def _generate(
-        self, conversations: list[Conversation], params: SamplingParams, thinking: str | None
+        self,
+        conversations: list[Conversation],
+        params: SamplingParams,
+        thinking: str | None,
+        prefixes: list[str] | None = None,
     ) -> list[list[Completion]]:
-        requests = [self.request_for(c, params, thinking) for c in conversations]
+        prefixes = prefixes or [""] * len(conversations)
+        requests = [self.request_for(c, params, thinking, p) for c, p in zip(conversations, prefixes)]
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)), thread_name_prefix="llm-http")
         try:
             futures = [pool.submit(self._complete, r) for r in requests]
@@ -233,13 +252,19 @@ class HTTPBackend(Backend):
             kwargs["stop"] = request["stop"]
         if seed is not None:
             kwargs["seed"] = seed
-        if request["thinking"] is not None:
+        if request.get("prefix"):
+            # The template's generation prompt (and so its forced-mode suffix) is not rendered when a
+            # final message is continued: the forced prefix goes into that message.
+            start = forced_prefix(request["thinking"]) if request["thinking"] else ""
+            kwargs["messages"] = [*request["messages"], {"role": "assistant", "content": start + request["prefix"]}]
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        elif request["thinking"] is not None:
             kwargs["extra_body"] = {"chat_template_kwargs": {"thinking": request["thinking"]}}
         response = self._call(lambda: self.client.chat.completions.create(**kwargs))
         choices = sorted(response.choices or [], key=lambda c: c.index)
         if not choices:
             raise BackendError(f"{self.base_url} returned no choices for a request with n={n}")
-        texts = [(c.message.content or "") if c.message else "" for c in choices]
+        texts = [_choice_text(c) for c in choices]
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else 0
         counts = _token_counts(choices, texts, usage.completion_tokens if usage else None)
@@ -249,9 +274,18 @@ class HTTPBackend(Backend):
                 finish_reason="length" if c.finish_reason == "length" else "stop",
                 tokens=count,
                 prompt_tokens=prompt_tokens or 0,
+                stop_reason=c.stop_reason if isinstance(getattr(c, "stop_reason", None), str) else None,
             )
             for c, text, count in zip(choices, texts, counts)
         ]
+
+
+def _choice_text(choice) -> str:
+    """The generated text of a choice: `raw_content` when the server sends it, else `content`."""
+    raw = getattr(choice, "raw_content", None)
+    if isinstance(raw, str):
+        return raw
+    return (choice.message.content or "") if choice.message else ""
 
 
 def _token_counts(choices, texts: list[str], total: int | None) -> list[int]:

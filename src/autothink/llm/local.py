@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import re
 import threading
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
-from transformers import StoppingCriteriaList, StopStringCriteria
+from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+from transformers.generation.streamers import BaseStreamer
 
-from . import Backend, Completion, Conversation, SamplingParams
+from . import Backend, Completion, Conversation, SamplingParams, check_thinking
 
 
 class LocalBackend(Backend):
@@ -18,7 +21,8 @@ class LocalBackend(Backend):
     The n samples of each conversation are rows of the batch; rows are grouped by prompt length
     (less padding) into batches of at most `batch_size` and left-padded. With a `seed`, results are
     reproducible for the same inputs and `batch_size`; the global torch RNG is left untouched.
-    Calls from several threads run one at a time.
+    Calls from several threads run one at a time. `prefix=` is appended to the rendered prompt
+    text; `stream` decodes token by token (batch of one).
 
     Args:
         model: a causal LM (eval mode is set).
@@ -26,6 +30,8 @@ class LocalBackend(Backend):
         batch_size: rows (conversations × n) per `model.generate` call.
         name: the model name reported by `name` (and by `autothink serve`).
     """
+
+    supports_prefix = True
 
     def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -75,22 +81,81 @@ class LocalBackend(Backend):
                 )
         return text
 
-    def _encode(self, conversations: Sequence[Conversation], thinking: str | None) -> list[list[int]]:
+    def _encode(
+        self, conversations: Sequence[Conversation], thinking: str | None, prefixes: Sequence[str] | None = None
+    ) -> list[list[int]]:
         # The chat template already holds BOS and the like: no extra special tokens.
+        prefixes = prefixes or [""] * len(conversations)
         return [
-            self.tokenizer(self.render(c, thinking), add_special_tokens=False)["input_ids"] for c in conversations
+            self.tokenizer(self.render(c, thinking) + p, add_special_tokens=False)["input_ids"]
+            for c, p in zip(conversations, prefixes)
         ]
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
     def _generate(
-        self, conversations: list[Conversation], params: SamplingParams, thinking: str | None
+        self,
+        conversations: list[Conversation],
+        params: SamplingParams,
+        thinking: str | None,
+        prefixes: list[str] | None = None,
     ) -> list[list[Completion]]:
-        prompts = self._encode(conversations, thinking)
+        prompts = self._encode(conversations, thinking, prefixes)
         with self._lock:
             return self._sample(prompts, params)
 
-    def _sample(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def stream(
+        self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = ""
+    ) -> Iterator[str | Completion]:
+        """Yield the completion's text as tokens are sampled (stop strings held back), then the `Completion`.
+
+        `model.generate` runs in a worker thread; closing the iterator early stops it at the next token.
+        """
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        if params.n != 1:
+            raise ValueError(f"stream samples one completion; got n={params.n}")
+        check_thinking(thinking)
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a string, got {prefix!r}")
+        prompt = self._encode([list(conversation)], thinking, [prefix])[0]
+        pieces: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        @torch.no_grad()
+        def work():
+            try:
+                with self._lock:
+                    out = self._sample([prompt], params, streamer=_TokenQueue(pieces), cancel=cancel)
+                pieces.put(out[0][0])
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+                pieces.put(err)
+
+        worker = threading.Thread(target=work, name="local-stream", daemon=True)
+        worker.start()
+        tokens: list[int] = []
+        shown = ""
+        try:
+            while not isinstance(item := pieces.get(), (Completion, BaseException)):
+                tokens += item
+                text = _visible(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+                if len(text) > len(shown) and text.startswith(shown):
+                    yield text[len(shown):]
+                    shown = text
+            if isinstance(item, BaseException):
+                raise item
+            if not item.text.startswith(shown):
+                raise RuntimeError(f"streamed text {shown!r} is not a prefix of the completion {item.text!r}")
+            if len(item.text) > len(shown):
+                yield item.text[len(shown):]
+            yield item
+        finally:
+            cancel.set()
+            worker.join()
+
+    def _sample(
+        self, prompts: list[list[int]], params: SamplingParams, streamer=None, cancel: threading.Event | None = None
+    ) -> list[list[Completion]]:
         rows = [i for i in range(len(prompts)) for _ in range(params.n)]  # row -> conversation
         # Longest prompts first, stable: batches hold rows of similar length.
         order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r]]))
@@ -105,13 +170,15 @@ class LocalBackend(Backend):
                 torch.manual_seed(params.seed)
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                outs = self._generate_batch([prompts[rows[r]] for r in chunk], params, device)
+                outs = self._generate_batch([prompts[rows[r]] for r in chunk], params, device, streamer, cancel)
                 for r, out in zip(chunk, outs):
                     results[r] = out
         n = params.n
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, device) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams, device, streamer=None, cancel=None
+    ) -> list[Completion]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -130,8 +197,12 @@ class LocalBackend(Backend):
         if not params.greedy:
             # OpenAI semantics: no top-k unless asked (HF's default is top_k=50).
             kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=0)
-        if params.stop:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([self._stop_criterion(params.stop)])
+        criteria = [self._stop_criterion(params.stop)] if params.stop else []
+        criteria += [_Cancelled(cancel)] if cancel is not None else []
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         new = out[:, width:].tolist()
         return [self._finish(tokens, params, len(p)) for tokens, p in zip(new, prompts)]
@@ -159,9 +230,10 @@ class LocalBackend(Backend):
                 count = len(body)
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         text = decode(body)
-        hits = [i for i in (text.find(s) for s in params.stop) if i >= 0]
+        hits = [(i, s) for s, i in ((s, text.find(s)) for s in params.stop) if i >= 0]
+        stop_reason = None
         if hits:
-            cut = min(hits)
+            cut, stop_reason = min(hits, key=lambda h: h[0])
             text, reason = text[:cut], "stop"
             # Generation halts at the token completing the stop string (later tokens are padding):
             # count the shortest prefix whose text holds a stop string.
@@ -173,4 +245,47 @@ class LocalBackend(Backend):
                 else:
                     lo = mid + 1
             count = hi
-        return Completion(text=text, finish_reason=reason, tokens=count, prompt_tokens=prompt_tokens)
+        return Completion(
+            text=text, finish_reason=reason, tokens=count, prompt_tokens=prompt_tokens, stop_reason=stop_reason
+        )
+
+
+class _TokenQueue(BaseStreamer):
+    """Hands each step's new token ids (batch of one) to a queue; the prompt is skipped."""
+
+    def __init__(self, pieces: queue.Queue):
+        self.pieces, self.prompt_seen = pieces, False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.pieces.put(value.reshape(-1).tolist())
+        self.prompt_seen = True
+
+    def end(self):
+        pass
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops every row once `event` is set (a streaming client went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+_UNSETTLED_END = re.compile(r"[\s\ufffd]+$")
+
+
+def _visible(text: str, stop: tuple[str, ...]) -> str:
+    """The part of partly decoded `text` that is final: cut at a stop string, without a tail that may
+    still become one, nor trailing whitespace or an incomplete UTF-8 character (later tokens can
+    change how those decode)."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if hits:
+        return text[: min(hits)]
+    end = len(text)
+    for s in stop:
+        end = min([end] + [len(text) - k for k in range(1, len(s)) if text.endswith(s[:k])])
+    return _UNSETTLED_END.sub("", text[:end])
