@@ -1,0 +1,167 @@
+"""`autothink run RECIPE.yaml`: the whole pipeline from one YAML file.
+
+    output_dir: runs/quickstart          # every stage writes under it
+    model: smollm2-135m-instruct         # where training starts
+    stages:                              # run in this order; each maps to one job's options
+      tag: {input: arithmetic, n: 24}
+      coldstart: {samples: 2}
+      sft: {max_steps: 40}
+      rl: {max_steps: 8}
+      eval: {suites: ["arithmetic:1", "arithmetic:3"]}
+
+A stage is a job name (`tag`, `synth`, `coldstart`, `upscale`, `distill`, `sft`, `rl`, `eval`),
+optionally with a label after a colon to run a job twice (`eval:base`, `eval`). Options a
+stage leaves out are wired to the stages before it: the data stages share `<output_dir>/data`,
+a model stage starts from the model the last model stage produced (or `model`), `distill`
+reads the stage-1 data, `sft` the cold-start data, `rl` the RL prompts, `eval` the last model.
+
+Every stage's options are checked before any work starts (a typo'd key gets "did you mean").
+A finished stage is recorded in `<output_dir>/run_state.json` with its options and skipped on
+the next run; a stage killed half-way resumes on its own (data stages reuse finished records,
+trainers their last checkpoint, eval its finished samples).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from autothink.cli import JOBS as CLI_JOBS
+from autothink.config import check_options, parse_config
+
+# stage -> (module, config class, run function, help): the CLI's jobs, data stages without "data "
+JOBS = {name.removeprefix("data "): job for name, job in CLI_JOBS.items()}
+DATA_STAGES = ("tag", "synth", "coldstart")
+MODEL_STAGES = ("upscale", "distill", "sft", "rl")
+TRAINERS = ("distill", "sft", "rl")
+RECIPE_KEYS = ("output_dir", "model", "stages")
+STATE_FILE = "run_state.json"
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str  # the key in the recipe, e.g. "eval:base"
+    job: str
+    config: object
+    options: dict  # what the config was built from (recorded to detect a changed recipe)
+
+
+def _job(name: str, where: str) -> str:
+    job = name.split(":", 1)[0]
+    if job not in JOBS:
+        close = difflib.get_close_matches(job, list(JOBS), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"stages are {', '.join(JOBS)}"
+        raise ValueError(f"{where}: unknown stage {name!r}; {hint}")
+    return job
+
+
+def _wired(job: str, out: Path, model: str) -> dict:
+    """The options a stage gets from the stages before it (the recipe may override each)."""
+    data = out / "data"
+    return {
+        "tag": {"output_dir": str(data)},
+        "synth": {"input": str(data / "tagged.jsonl"), "output_dir": str(data)},
+        "coldstart": {"input": str(data / "tagged.jsonl"), "output_dir": str(data)},
+        "upscale": {"model": model},
+        "distill": {"student": model, "data": str(data / "stage1.jsonl")},
+        "sft": {"model": model, "data": str(data / "coldstart.jsonl")},
+        "rl": {"model": model, "data": str(data / "rl_prompts.jsonl")},
+        "eval": {"model": model},
+    }[job]
+
+
+def load_recipe(path: str | Path) -> tuple[Path, list[Stage]]:
+    """Parse and check a recipe: every stage's config is built here, before any work.
+
+    Raises:
+        FileNotFoundError: no recipe file. ValueError: a malformed recipe, an unknown stage or option.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe file {path}")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: expected a mapping with {', '.join(RECIPE_KEYS)}")
+    for key in recipe:
+        if key not in RECIPE_KEYS:
+            close = difflib.get_close_matches(str(key), RECIPE_KEYS, n=1)
+            raise ValueError(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                                f"; keys are {', '.join(RECIPE_KEYS)}"))
+    stages = recipe.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise ValueError(f"{path}: `stages` must map stage names to their options")
+    out = Path(recipe.get("output_dir", "runs/pipeline"))
+    model = str(recipe.get("model", "smollm2-135m-instruct"))
+    built = []
+    for name, options in stages.items():
+        where = f"{path}: stages.{name}"
+        job = _job(str(name), f"{path}: stages")
+        module, config_name, _, _ = JOBS[job]
+        cls = getattr(importlib.import_module(module), config_name)
+        options = dict(check_options(options or {}, cls, where))
+        default_dir = out / ("data" if job in DATA_STAGES else str(name).replace(":", "-"))
+        quiet = {"report_to": "none"} if job in TRAINERS else {}  # no TensorBoard unless the recipe asks
+        merged = {"output_dir": str(default_dir), **quiet, **_wired(job, out, model), **options}
+        try:
+            config = parse_config(cls, [], prog=where, defaults=merged)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}: {err}") from None
+        built.append(Stage(str(name), job, config, merged))
+        if job in MODEL_STAGES:
+            model = str(merged["output_dir"])
+    return out, built
+
+
+def run_recipe(path: str | Path) -> dict:
+    """Run the recipe's stages in order, skipping those finished with the same options.
+
+    Returns: the run state, {stage: {"options", "seconds", "result"}}.
+    Raises:
+        ValueError: as `load_recipe`, or a finished stage whose options have changed since.
+    """
+    out, stages = load_recipe(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    for stage in stages:
+        if stage.name in state and state[stage.name]["options"] != _plain(stage.options):
+            raise ValueError(f"stage {stage.name!r} finished earlier with other options ({state_path}); "
+                             f"delete {state_path} and the stage's outputs to run it again with the new ones")
+    start = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        if stage.name in state:
+            print(f"[{i}/{len(stages)}] {stage.name}: done earlier, skipped", flush=True)
+            continue
+        print(f"[{i}/{len(stages)}] {stage.name} -> {stage.options['output_dir']}", flush=True)
+        module, _, run_name, _ = JOBS[stage.job]
+        t0 = time.perf_counter()
+        result = getattr(importlib.import_module(module), run_name)(stage.config)
+        state[stage.name] = {"options": _plain(stage.options), "seconds": round(time.perf_counter() - t0, 1),
+                             "result": _result(result)}
+        state_path.write_text(json.dumps(state, indent=2) + "\n")
+    print(f"run: {len(stages)} stages in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
+    return state
+
+
+def _plain(options: dict) -> dict:
+    return json.loads(json.dumps(options, default=str))
+
+
+def _result(result) -> object:
+    """A short, JSON-able account of a job's result (record counts, a path, top-level numbers)."""
+    if isinstance(result, list):
+        counts: dict[str, int] = {}
+        for r in result:
+            counts[r.get("status", "ok")] = counts.get(r.get("status", "ok"), 0) + 1
+        return {"records": len(result), **counts}
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    return str(result)
