@@ -52,7 +52,101 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     backend = make_backend(args.model, device=args.device, dtype=args.dtype)
     install_chat_template(backend.tokenizer)
-    serve(backend, host=args.host, port=args.port)
+    serve(backend, host=args.host, port=args.port, grace_s=args.grace_seconds, max_queue=args.max_queue,
+          max_batch=args.max_batch, default_max_tokens=args.max_tokens, directives=not args.no_directives)
+
+
+def _reply_backend(args: argparse.Namespace):
+    """The backend of `generate` / `chat`; a local model gets the `thinking` chat template."""
+    from autothink.format import install_chat_template
+    from autothink.llm import make_backend
+
+    local = not args.model.startswith(("http://", "https://"))
+    backend = make_backend(args.model, **({"device": args.device, "dtype": args.dtype} if local else {}))
+    if local:
+        install_chat_template(backend.tokenizer)
+    return backend
+
+
+def _reply_params(args: argparse.Namespace):
+    from autothink.llm import SamplingParams
+
+    return SamplingParams(n=getattr(args, "n", 1), temperature=args.temperature, top_p=args.top_p,
+                          max_tokens=args.max_tokens, seed=args.seed)
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    import json
+
+    from tqdm import tqdm
+
+    from autothink.inference import read_conversations, respond
+    from autothink.jsonl import write_jsonl
+
+    items = [(str(i), [{"role": "user", "content": p}]) for i, p in enumerate(args.prompts, start=1)]
+    items += read_conversations(args.input) if args.input else []
+    if not items:
+        raise ValueError("no prompts: give them as arguments or in --input FILE.jsonl")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    params = _reply_params(args)  # bad values fail before the model loads
+    backend = _reply_backend(args)
+    records = []
+    with tqdm(total=len(items), unit="prompt", disable=len(items) <= args.batch_size, file=sys.stderr) as bar:
+        for start in range(0, len(items), args.batch_size):
+            chunk = items[start:start + args.batch_size]
+            replies = respond(backend, [c for _, c in chunk], params, args.thinking, args.thinking_budget,
+                              directives=not args.no_directives)
+            records += [{"id": id_, "sample": k, **r.to_dict()} for (id_, _), group in zip(chunk, replies)
+                        for k, r in enumerate(group)]
+            bar.update(len(chunk))
+    if args.output:
+        print(f"wrote {write_jsonl(args.output, records)} replies to {args.output}")
+    else:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from autothink.inference import CHAT_HELP, chat
+
+    params = _reply_params(args)
+    backend = _reply_backend(args)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {backend.name}; {CHAT_HELP}")
+
+    def lines():
+        while True:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                return
+            yield line
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat(backend, params, lines(), write, args.thinking, args.thinking_budget, directives=not args.no_directives)
+
+
+def _reply_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `generate` and `chat`."""
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="embedded name, model dir, hub id or http://host:port/v1#model")
+    parser.add_argument("--thinking", default="auto", choices=["auto", "on", "off"],
+                        help="auto: the model decides (a prompt directive forces its mode); on/off: forced")
+    parser.add_argument("--thinking-budget", type=int, default=None, metavar="N",
+                        help="force </think><answer> after N think tokens")
+    parser.add_argument("--no-directives", action="store_true", help="do not force the mode a prompt asks for")
+    parser.add_argument("--max-tokens", type=int, default=512, help="generated tokens per reply, all segments")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, _, _, help_) in JOBS.items():
         if not name.startswith("data "):
             commands.add_parser(name, help=f"{help_} (see `autothink {name} -h`)")
+
+    run = commands.add_parser("run", help="the whole pipeline from one YAML recipe (finished stages are skipped)")
+    run.add_argument("recipe", type=Path, help="e.g. recipes/quickstart.yaml")
+    run.set_defaults(func=_cmd_run)
 
     models = commands.add_parser("models", help="embedded models").add_subparsers(dest="action", required=True)
     prepare = models.add_parser("prepare", help="convert embedded GGUF models to a safetensors cache once")
@@ -95,7 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=8000)
     server.add_argument("--device", default="auto")
     server.add_argument("--dtype", default="auto")
+    server.add_argument("--max-queue", type=int, default=128, help="requests waiting at most; more get HTTP 429")
+    server.add_argument("--max-batch", type=int, default=32, help="alike queued requests run together, at most this many")
+    server.add_argument("--max-tokens", type=int, default=512, help="default max_tokens of a request")
+    server.add_argument("--grace-seconds", type=float, default=60.0,
+                        help="on Ctrl+C / SIGTERM, how long to let queued and running requests finish")
+    server.add_argument("--no-directives", action="store_true", help="do not force the mode a prompt asks for")
     server.set_defaults(func=_cmd_serve)
+
+    generate = commands.add_parser("generate", help="answer prompts with mode control and a thinking budget (JSON lines)")
+    generate.add_argument("prompts", nargs="*", help="prompts (each one user message)")
+    generate.add_argument("--input", type=Path, help='JSONL file of {"prompt": ...} or {"messages": [...]} (+ "id")')
+    generate.add_argument("-o", "--output", type=Path, help="write the JSONL replies here (default: stdout)")
+    generate.add_argument("--n", type=int, default=1, help="replies per prompt")
+    generate.add_argument("--batch-size", type=int, default=16, help="prompts per respond call")
+    _reply_options(generate)
+    generate.set_defaults(func=_cmd_generate)
+
+    chat = commands.add_parser("chat", help="interactive multi-turn chat (/mode, /budget, /reset, /quit)")
+    _reply_options(chat)
+    chat.set_defaults(func=_cmd_chat)
     return parser
 
 
@@ -132,6 +249,12 @@ def _job(name: str, argv: list[str]) -> None:
     module = importlib.import_module(module)
     config = parse_config(getattr(module, config_name), argv, prog=f"autothink {name}")
     print(f"{name}: {_summary(getattr(module, run_name)(config))}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from autothink.pipeline import run_recipe
+
+    run_recipe(args.recipe)
 
 
 def _data_report(argv: list[str]) -> None:

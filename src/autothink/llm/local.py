@@ -117,7 +117,7 @@ class LocalBackend(Backend):
             raise ValueError(f"stream samples one completion; got n={params.n}")
         check_thinking(thinking)
         if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a string, got {prefix!r}")
+            raise TypeError(f"prefix must be a string, got {prefix!r}")
         prompt = self._encode([list(conversation)], thinking, [prefix])[0]
         pieces: queue.Queue = queue.Queue()
         cancel = threading.Event()

@@ -1,0 +1,444 @@
+"""Answering in the AutoThink format with mode control and a thinking budget, over any `Backend`.
+
+    replies = respond(backend, [[{"role": "user", "content": "What is 17*23?"}]],
+                      SamplingParams(temperature=0, max_tokens=512), thinking="auto", thinking_budget=128)
+    r = replies[0][0]            # one list of n replies per conversation
+    r.parts.answer, r.mode, r.think_tokens, r.budget_hit
+
+Control (DESIGN §3): `thinking="on"|"off"` forces the mode token after an empty judge (the chat
+template's forced prefix). With `"auto"` the model decides, unless the last user message holds a
+directive ("DO NOT THINK", "Think deeper", ...; `autothink.format.detect_directive`): that mode
+is then forced, so directives hold even for a model that has not learnt them. Generation stops
+at `</answer>`.
+
+A thinking budget of N tokens runs the reply in stages, each continuing the text so far
+(`Backend.generate(prefix=...)`): in auto mode the judge up to `<think>` (or to `</answer>` for a
+think-off reply); then at most N think tokens, stopping at `</think>`; when the think segment hit
+the budget unclosed, `</think><answer>` is appended; finally the answer up to `</answer>`.
+`max_tokens` bounds the generated tokens of all stages together.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from autothink.format import (
+    ANSWER,
+    ANSWER_END,
+    SPECIAL_TOKENS,
+    THINK,
+    THINK_END,
+    Mode,
+    Parsed,
+    detect_directive,
+    forced_prefix,
+    parse,
+)
+from autothink.llm import Backend, Completion, Conversation, SamplingParams
+
+THINKING_CONTROLS = ("auto", "on", "off")
+_JUDGE, _THINK, _ANSWER = "judge", "think", "answer"  # stages
+_STAGE_STOPS = {_JUDGE: (THINK, ANSWER_END), _THINK: (THINK_END,), _ANSWER: (ANSWER_END,)}
+
+
+@dataclass
+class Reply:
+    """One reply: the text, its parsed parts, how the mode was controlled and what it cost.
+
+    `text` is the whole response as `autothink.format.parse` takes it (a forced prefix included).
+    `thinking` is the control applied ("auto", or the mode forced by the request or by
+    `directive`, the directive found in the prompt). Token counts: `completion_tokens` are all
+    generated tokens (from the backend); the per-segment counts are the segments' contents
+    (tags excluded), counted with the backend's tokenizer when it has one, else the completion
+    tokens split in proportion to characters (an estimate). `finish_reason` is "stop" or
+    "length"; `stop_reason` is the caller's stop string that ended the reply, if any;
+    `budget_hit` says the think segment was cut at the thinking budget.
+    """
+
+    text: str
+    parts: Parsed
+    thinking: str
+    directive: Mode | None
+    judge_tokens: int
+    think_tokens: int
+    answer_tokens: int
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: str
+    stop_reason: str | None = None
+    budget_hit: bool = False
+
+    @property
+    def mode(self) -> Mode | None:
+        """The mode the reply is in ("on", "off", or None when it has no mode token)."""
+        return self.parts.mode
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.judge_tokens + self.think_tokens
+
+    def to_dict(self) -> dict:
+        """A JSON-ready record: the text, its parts, the control and the token counts."""
+        p = self.parts
+        return {
+            "text": self.text, "judge": p.judge, "mode": p.mode, "think": p.think, "answer": p.answer,
+            "well_formed": p.well_formed, "errors": p.errors, "thinking": self.thinking,
+            "directive": self.directive, "finish_reason": self.finish_reason, "stop_reason": self.stop_reason,
+            "budget_hit": self.budget_hit,
+            "tokens": {"judge": self.judge_tokens, "think": self.think_tokens, "answer": self.answer_tokens,
+                       "completion": self.completion_tokens, "prompt": self.prompt_tokens},
+        }
+
+
+@dataclass
+class _Row:
+    """One reply being generated: the text so far and the stage that continues it."""
+
+    conv: int
+    thinking: str
+    directive: Mode | None
+    stage: str
+    text: str  # the reply so far; its first `start` characters are the forced prefix,
+    start: int  # which the backend renders itself from `thinking`
+    tokens: int = 0
+    prompt_tokens: int = 0
+    finish_reason: str = ""
+    stop_reason: str | None = None
+    budget_hit: bool = False
+    done: bool = False
+
+    @property
+    def generated(self) -> str:
+        return self.text[self.start:]
+
+
+def _check(params: SamplingParams, thinking: str, thinking_budget: int | None) -> None:
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+    if thinking not in THINKING_CONTROLS:
+        raise ValueError(f"thinking must be 'auto', 'on' or 'off', got {thinking!r}")
+    if thinking_budget is not None and (
+        isinstance(thinking_budget, bool) or not isinstance(thinking_budget, int) or thinking_budget < 1
+    ):
+        raise ValueError(f"thinking_budget must be an integer >= 1 or None, got {thinking_budget!r}")
+
+
+def _directive(conversation: Conversation) -> Mode | None:
+    users = [m.get("content") for m in conversation if m.get("role") == "user"]
+    return detect_directive(users[-1]) if users and isinstance(users[-1], str) else None
+
+
+def _start(conv: int, conversation: Conversation, thinking: str, budget: int | None, directives: bool) -> _Row:
+    directive = _directive(conversation) if directives else None
+    control = directive if thinking == "auto" and directive else thinking
+    prefix = forced_prefix(control)
+    if budget is None or control == "off":
+        stage = _ANSWER
+    else:
+        stage = _THINK if control == "on" else _JUDGE
+    return _Row(conv=conv, thinking=control, directive=directive, stage=stage, text=prefix, start=len(prefix))
+
+
+def _stage_params(params: SamplingParams, row: _Row, budget: int | None) -> SamplingParams:
+    left = params.max_tokens - row.tokens
+    own = tuple(s for s in _STAGE_STOPS[row.stage] if s not in params.stop)
+    return dataclasses.replace(
+        params, n=1, max_tokens=min(budget, left) if row.stage == _THINK else left, stop=params.stop + own
+    )
+
+
+def _advance(row: _Row, c: Completion, params: SamplingParams) -> str:
+    """Add one stage's completion to `row` and move it on; returns the tags appended after the text."""
+    row.tokens += c.tokens
+    row.prompt_tokens = row.prompt_tokens or c.prompt_tokens
+    row.text += c.text
+    added, stage = "", None
+    if c.stop_reason is not None and c.stop_reason in params.stop:
+        row.stop_reason = c.stop_reason  # the caller's stop string ends the reply
+    elif row.stage == _JUDGE and c.stop_reason == THINK:
+        added, stage = THINK, _THINK
+    elif row.stage == _THINK and c.stop_reason == THINK_END:
+        added, stage = THINK_END, _ANSWER
+    elif row.stage == _THINK and c.finish_reason == "length" and row.tokens < params.max_tokens:
+        added, stage, row.budget_hit = THINK_END + ANSWER, _ANSWER, True
+    elif c.stop_reason == ANSWER_END:
+        added = ANSWER_END
+    row.text += added
+    if stage is not None and row.tokens < params.max_tokens:
+        row.stage = stage
+    else:  # finished, or max_tokens ran out just as a stage ended
+        row.done = True
+        row.finish_reason = c.finish_reason if stage is None else "length"
+    return added
+
+
+def _count(tokenizer, text: str | None) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
+
+
+def _reply(backend: Backend, row: _Row) -> Reply:
+    parts = parse(row.text)
+    segments = (parts.judge, parts.think, parts.answer)
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is not None:
+        judge, think, answer = (_count(tokenizer, s) for s in segments)
+    else:
+        chars = max(len(row.generated), 1)
+        judge, think, answer = (round(row.tokens * len(s or "") / chars) for s in segments)
+    return Reply(
+        text=row.text, parts=parts, thinking=row.thinking, directive=row.directive, judge_tokens=judge,
+        think_tokens=think, answer_tokens=answer, completion_tokens=row.tokens, prompt_tokens=row.prompt_tokens,
+        finish_reason=row.finish_reason, stop_reason=row.stop_reason, budget_hit=row.budget_hit,
+    )
+
+
+def respond(
+    backend: Backend,
+    conversations: Sequence[Conversation],
+    params: SamplingParams,
+    thinking: str = "auto",
+    thinking_budget: int | None = None,
+    directives: bool = True,
+) -> list[list[Reply]]:
+    """`params.n` replies per conversation, with mode control and an optional thinking budget.
+
+    Each stage is one batched `backend.generate` call over every reply that reached it.
+
+    Args:
+        thinking: "auto" (the model decides; a directive in the prompt forces its mode),
+            "on" or "off" (forced).
+        thinking_budget: most think tokens before `</think><answer>` is forced (None: no limit).
+        directives: whether prompt directives force the mode under "auto".
+
+    Raises:
+        ValueError: a bad `thinking` or `thinking_budget`, or a budget for a backend that cannot
+            continue a reply from a prefix.
+
+    >>> replies = respond(backend, [[{"role": "user", "content": "2+2? DO NOT THINK"}]], SamplingParams())
+    >>> replies[0][0].thinking                                   # doctest: +SKIP
+    'off'
+    """
+    _check(params, thinking, thinking_budget)
+    if thinking_budget is not None and not backend.supports_prefix:
+        raise ValueError(f"a thinking budget needs a backend that continues replies; {backend!r} does not")
+    conversations = [list(c) for c in conversations]
+    rows = [
+        _start(i, conv, thinking, thinking_budget, directives) for i, conv in enumerate(conversations)
+        for _ in range(params.n)
+    ]
+    while pending := [r for r in rows if not r.done]:
+        groups: dict[tuple, list[_Row]] = defaultdict(list)
+        for row in pending:
+            groups[(row.thinking, _stage_params(params, row, thinking_budget))].append(row)
+        for (control, stage_params), group in groups.items():
+            fresh = [r for r in group if not r.generated]  # no text yet: all n rows of a conversation
+            convs = list(dict.fromkeys(r.conv for r in fresh))  # sampled together (n per conversation)
+            if convs:
+                outs = backend.generate([conversations[i] for i in convs], dataclasses.replace(stage_params, n=params.n),
+                                        thinking=control)
+                by_conv = {i: iter(out) for i, out in zip(convs, outs)}
+                for row in fresh:
+                    _advance(row, next(by_conv[row.conv]), params)
+            going = [r for r in group if r.generated and r not in fresh]
+            if going:
+                outs = backend.generate([conversations[r.conv] for r in going], stage_params, thinking=control,
+                                        prefix=[r.generated for r in going])
+                for row, out in zip(going, outs):
+                    _advance(row, out[0], params)
+    n = params.n
+    return [[_reply(backend, r) for r in rows[i * n:(i + 1) * n]] for i in range(len(conversations))]
+
+
+def respond_stream(
+    backend: Backend,
+    conversation: Conversation,
+    params: SamplingParams,
+    thinking: str = "auto",
+    thinking_budget: int | None = None,
+    directives: bool = True,
+) -> Iterator[str | Reply]:
+    """One reply as it is generated: text pieces (concatenating to `Reply.text`), then the `Reply`.
+
+    Same control and stages as `respond` (`params.n` must be 1); pieces arrive as the backend's
+    `stream` produces them (token by token for `LocalBackend`).
+    """
+    _check(params, thinking, thinking_budget)
+    if params.n != 1:
+        raise ValueError(f"respond_stream produces one reply; got n={params.n}")
+    if thinking_budget is not None and not backend.supports_prefix:
+        raise ValueError(f"a thinking budget needs a backend that continues replies; {backend!r} does not")
+    conversation = list(conversation)
+    row = _start(0, conversation, thinking, thinking_budget, directives)
+    if row.text:
+        yield row.text
+    while not row.done:
+        completion = None
+        for item in backend.stream(conversation, _stage_params(params, row, thinking_budget), thinking=row.thinking,
+                                   prefix=row.generated):
+            if isinstance(item, Completion):
+                completion = item
+            elif item:
+                yield item
+        added = _advance(row, completion, params)
+        if added:
+            yield added
+    yield _reply(backend, row)
+
+
+class ReasoningSplitter:
+    """Splits reply text, fed in pieces, into reasoning (judge and think) and content (the answer).
+
+    AutoThink tags are dropped; the judge and the think text are joined by a blank line. A text
+    that does not start with an AutoThink tag is not in the format: all of it is content. A
+    piece that may be the start of a tag is held back until the next piece (or `finish`), so the
+    outputs of `feed` concatenate to those of splitting the whole text at once.
+
+    >>> s = ReasoningSplitter()
+    >>> s.feed("<judge>easy</judge><think_off><ans"), s.feed("wer>4</answer>"), s.finish()
+    (('easy', ''), ('', '4'), ('', ''))
+    """
+
+    def __init__(self):
+        self.buffer = ""
+        self.state = None  # None (undecided), "plain", "reasoning", "content", "end"
+        self.reasoning_seen = False
+        self.separate = False
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        """(reasoning, content) text that `piece` completes."""
+        self.buffer += piece
+        return self._drain(final=False)
+
+    def finish(self) -> tuple[str, str]:
+        """(reasoning, content) still held back at the end of the text."""
+        return self._drain(final=True)
+
+    @staticmethod
+    def _partial_tag(text: str) -> bool:
+        return any(len(text) < len(t) and t.startswith(text) for t in SPECIAL_TOKENS)
+
+    def _emit(self, text: str, reasoning: list[str], content: list[str]) -> None:
+        if text and self.state == "reasoning":
+            reasoning.append("\n\n" + text if self.separate else text)
+            self.reasoning_seen, self.separate = True, False
+        elif text and self.state in ("content", "plain"):
+            content.append(text)
+
+    def _drain(self, final: bool) -> tuple[str, str]:
+        reasoning: list[str] = []
+        content: list[str] = []
+        if self.state is None:
+            if not final and self._partial_tag(self.buffer):
+                return "", ""
+            self.state = "reasoning" if self.buffer.startswith(SPECIAL_TOKENS) else "plain"
+        buf, self.buffer = self.buffer, ""
+        if self.state == "plain":
+            return "", buf
+        i = 0
+        while (j := buf.find("<", i)) >= 0:
+            self._emit(buf[i:j], reasoning, content)
+            tag = next((t for t in SPECIAL_TOKENS if buf.startswith(t, j)), None)
+            if tag is None and not final and self._partial_tag(buf[j:]):
+                self.buffer, i = buf[j:], len(buf)  # wait for the rest of the tag
+                break
+            if tag is None:  # a "<" that starts no tag is text
+                self._emit("<", reasoning, content)
+                i = j + 1
+                continue
+            i = j + len(tag)
+            if tag == ANSWER and self.state == "reasoning":
+                self.state = "content"
+            elif tag == ANSWER_END:
+                self.state = "end"
+            elif tag == THINK and self.reasoning_seen:
+                self.separate = True
+        self._emit(buf[i:], reasoning, content)
+        return "".join(reasoning), "".join(content)
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """(reasoning, content) of a whole reply text; see `ReasoningSplitter`."""
+    splitter = ReasoningSplitter()
+    reasoning, content = splitter.feed(text)
+    more_reasoning, more_content = splitter.finish()
+    return reasoning + more_reasoning, content + more_content
+
+
+# -- command-line front ends ------------------------------------------------------------------
+def read_conversations(path) -> list[tuple[str, Conversation]]:
+    """`(id, conversation)` per line of a JSONL file of `{"prompt": str}` or `{"messages": [...]}`
+    objects (`id` optional: the line number).
+
+    Raises:
+        RecordError: a line that is not JSON, or a missing or malformed field (file and line named).
+    """
+    from autothink.jsonl import RecordError, read_jsonl
+
+    out = []
+    for line, record in read_jsonl(path):
+        if isinstance(record.get("prompt"), str) and "messages" not in record:
+            conversation = [{"role": "user", "content": record["prompt"]}]
+        elif "messages" in record:
+            conversation = record["messages"]
+            ok = isinstance(conversation, list) and conversation and all(
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) for m in conversation)
+            if not ok:
+                raise RecordError(path, line, "field 'messages' must be a non-empty list of "
+                                  "{role: system|user|assistant, content: string}")
+        else:
+            raise RecordError(path, line, "missing field 'prompt' (a string) or 'messages'")
+        out.append((str(record.get("id", line)), conversation))
+    return out
+
+
+CHAT_HELP = "commands: /mode auto|on|off, /budget N|off, /reset, /quit"
+
+
+def chat(backend: Backend, params: SamplingParams, lines, write, thinking: str = "auto",
+         thinking_budget: int | None = None, directives: bool = True) -> list[Reply]:
+    """A multi-turn chat: each line of `lines` is a user turn or a command (`CHAT_HELP`).
+
+    Replies are written through `write` as they are generated (the raw AutoThink text), each
+    followed by a line with its mode and token counts. The history keeps each reply's answer
+    (the whole text when it has none), not its reasoning. Returns the replies.
+    """
+    _check(params, thinking, thinking_budget)
+    history: list[dict] = []
+    replies: list[Reply] = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, arg = line.partition(" ")
+            arg = arg.strip()
+            if command == "/quit":
+                break
+            if command == "/reset":
+                history.clear()
+                write("(conversation cleared)\n")
+            elif command == "/mode" and arg in THINKING_CONTROLS:
+                thinking = arg
+                write(f"(thinking: {thinking})\n")
+            elif command == "/budget" and (arg == "off" or arg.isdigit() and int(arg) >= 1):
+                thinking_budget = None if arg == "off" else int(arg)
+                write(f"(thinking budget: {thinking_budget or 'none'})\n")
+            else:
+                write(f"(unknown command or argument: {line!r}; {CHAT_HELP})\n")
+            continue
+        history.append({"role": "user", "content": line})
+        for item in respond_stream(backend, history, params, thinking, thinking_budget, directives):
+            if isinstance(item, str):
+                write(item)
+        reply = item
+        replies.append(reply)
+        history.append({"role": "assistant", "content": reply.parts.answer if reply.parts.answer is not None
+                        else reply.text})
+        forced = ", forced by a directive" if thinking == "auto" and reply.thinking != "auto" else ""
+        write(f"\n[mode {reply.mode or '?'} (thinking {reply.thinking}{forced}) | judge {reply.judge_tokens}, "
+              f"think {reply.think_tokens}, answer {reply.answer_tokens} tokens"
+              f"{', budget hit' if reply.budget_hit else ''} | {reply.finish_reason}]\n")
+    return replies
