@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from autothink.format import add_autothink_tokens
+from autothink.inference import respond
 from autothink.llm import Backend, BackendError, Completion, SamplingParams
 from autothink.llm.http import HTTPBackend
 from autothink.llm.local import LocalBackend
@@ -104,46 +105,38 @@ def test_thinking_reaches_the_chat_template(server, local):
     assert status == 200 and body["choices"][0]["message"]["content"] == off[0][0].text
 
 
-def test_server_response_schema(server):
+def test_prefix_continues_the_reply_as_locally(server, local):
+    """HTTPBackend sends the prefix as a continued final assistant message; the server continues it."""
     url, _ = server
-    status, body = post(url, {"model": "tiny", "messages": CONVS[1], "n": 3, "max_tokens": 5, "seed": 1})
-    assert status == 200
-    assert body["object"] == "chat.completion" and body["model"] == "tiny" and body["id"].startswith("chatcmpl-")
-    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
-    assert all(c["message"]["role"] == "assistant" and c["finish_reason"] == "length" for c in body["choices"])
-    usage = body["usage"]
-    assert usage["completion_tokens"] == 15 and usage["prompt_tokens"] > 10
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    with urllib.request.urlopen(url + "/v1/models") as r:
-        assert [m["id"] for m in json.loads(r.read())["data"]] == ["tiny"]
-    with urllib.request.urlopen(url + "/health") as r:
-        assert json.loads(r.read())["status"] == "ok"
+    backend = HTTPBackend(url, max_retries=0)
+    params = SamplingParams(temperature=0, max_tokens=8)
+    for thinking, prefix in ((None, "Well, "), ("on", "first I note"), ("off", "4")):
+        assert backend.generate(CONVS, params, thinking=thinking, prefix=prefix) == \
+            local.generate(CONVS, params, thinking=thinking, prefix=prefix)
 
 
-@pytest.mark.parametrize(
-    "body, needle",
-    [
-        (b'{"messages": [', "malformed JSON"),
-        (b"not json at all", "malformed JSON"),
-        ({"temperature": 0.5}, "messages"),
-        ({"messages": []}, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}], "temperature": -1}, "temperature"),
-        ({"messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
-        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
-        ({"messages": [{"role": "user", "content": "x"}], "stop": [""]}, "stop"),
-        ({"messages": [{"role": "wizard", "content": "x"}]}, "role"),
-        ({"messages": [{"role": "user"}]}, "content"),
-        ({"messages": [{"role": "user", "content": "x"}], "thinking": "maybe"}, "thinking"),
-        ({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"foo": 1}}, "chat_template_kwargs"),
-        ({"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream"),
-    ],
-)
-def test_server_rejects_bad_requests(server, body, needle):
-    url, app = server
-    status, payload = post(url, body)
-    assert status == 400
-    assert needle in payload["error"]["message"] and payload["error"]["type"] == "invalid_request_error"
+def test_stop_reason_crosses_http(server, local):
+    url, _ = server
+    free = local.generate(CONVS[:1], SamplingParams(temperature=0, max_tokens=12))[0][0]
+    params = SamplingParams(temperature=0, max_tokens=12, stop=("qqq", free.text.split()[2]))
+    got = HTTPBackend(url, max_retries=0).generate(CONVS[:1], params)
+    assert got == local.generate(CONVS[:1], params) and got[0][0].stop_reason == params.stop[1]
+
+
+@pytest.mark.parametrize("thinking, budget", [("auto", 3), ("on", 4), ("off", None)])
+def test_respond_over_http_equals_respond_in_process(server, local, thinking, budget):
+    """A thinking budget over HTTP: stages continue the reply through continue_final_message."""
+    url, _ = server
+    params = SamplingParams(temperature=0, max_tokens=16)
+    convs = CONVS + [[{"role": "user", "content": "Think deeper: why is the sky blue?"}]]
+    remote = respond(HTTPBackend(url, max_retries=0), convs, params, thinking, budget)
+    here = respond(local, convs, params, thinking, budget)
+    for (a,), (b,) in zip(remote, here):
+        assert (a.text, a.completion_tokens, a.finish_reason, a.budget_hit, a.thinking) == \
+            (b.text, b.completion_tokens, b.finish_reason, b.budget_hit, b.thinking)
+    assert here[-1][0].thinking == ("on" if thinking == "auto" else thinking)  # the directive, under auto
+    if thinking == "on":
+        assert all(r[0].budget_hit for r in here)
 
 
 def test_server_error_reaches_the_client(server):
