@@ -135,6 +135,18 @@ def test_gym_uses_native_scorer():
         verify("gym", "x", {"entry": {}})
 
 
+def test_gym_numeric_gold_in_a_sentence_scores_the_last_number():
+    task = next(t for t in load_suite("arithmetic", n=20, difficulty=1) if t.reference["entry"]["answer"] != "0")
+    gold = int(task.reference["entry"]["answer"])
+    ref = task.reference
+    assert verify("gym", render("off", f"The answer to this question is {gold}."), ref).passed
+    assert verify("gym", f"{gold + 1} minus one gives {gold}", ref).passed
+    assert not verify("gym", render("off", f"The answer is {gold + 1}."), ref).passed
+    assert not verify("gym", render("off", f"{gold} or maybe {gold + 1}"), ref).passed  # the last number counts
+    words = load_suite("knights_knaves", n=1)[0].reference  # a non-numeric gold keeps the native scorer alone
+    assert verify("gym", "Alice is a knight 3", words).score == 0.0
+
+
 def test_answer_text_strips_reasoning():
     assert answer_text("<think>scratch 7</think>The result is 5") == "The result is 5"
     assert answer_text(render("off", "42", judge="easy")) == "42"

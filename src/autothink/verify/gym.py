@@ -5,6 +5,7 @@ The reference is `{"dataset": name, "entry": entry}` where `entry` is the genera
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from autothink.verify.registry import Verdict, answer_text, register
@@ -20,6 +21,9 @@ def _scorer(dataset: str):
         raise ValueError(f"unknown reasoning-gym dataset {dataset!r}") from err
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
 @register("gym")
 def verify_gym(prediction: str, reference, threshold: float = 1.0, **_) -> Verdict:
     if not isinstance(reference, dict) or "dataset" not in reference or "entry" not in reference:
@@ -27,4 +31,10 @@ def verify_gym(prediction: str, reference, threshold: float = 1.0, **_) -> Verdi
     answer = answer_text(prediction).strip()
     score = float(_scorer(reference["dataset"])(answer, reference["entry"]))
     gold = reference["entry"].get("answer")
+    numbers = _NUMBER.findall(answer)
+    if score < threshold and numbers and _NUMBER.fullmatch(str(gold).strip()):
+        # A numeric gold in a sentence ("The answer is 3."): score the last number, as GSM8K graders do.
+        last = float(_scorer(reference["dataset"])(numbers[-1], reference["entry"]))
+        if last > score:
+            answer, score = numbers[-1], last
     return Verdict(score, score >= threshold, f"score {score:.2f}; answer {answer[:60]!r}, gold {str(gold)[:60]!r}")
