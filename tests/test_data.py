@@ -16,8 +16,9 @@ from autothink.data.runner import run_records
 from autothink.data.synth import synth_off, synth_on
 from autothink.data.tag import assign_regime, tag_record, validate_tag
 from autothink.format import DIRECTIVES, detect_directive, parse
-from autothink.jsonl import RecordError
-from autothink.llm import Backend, Completion
+from autothink.jsonl import RecordError, write_jsonl
+from autothink.llm import Backend, BackendError, Completion, SamplingParams, make_backend
+from autothink.tasks import load_suite
 
 PROMPTS = Prompts()
 MATH = {"id": "m1", "messages": [{"role": "user", "content": "What is 6*7?"}], "domain": "math", "verifier": "math",
@@ -185,6 +186,61 @@ def test_coldstart_votes_and_renders_judge_then_answer():
     config = ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=1.0)
     directed = coldstart_record(MATH, {"on": on, "off": on, "judge": judge}, PROMPTS, config)
     assert detect_directive(directed["messages"][0]["content"]) == directed["mode"] == directed["label"]["mode"]
+
+
+def test_coldstart_fallback_answers_only_where_the_samples_fail(tmp_path):
+    wrong = agent(lambda p, i: "Final answer: 40")
+    judge = agent(lambda p, i: "Needs care.")
+    reference = make_backend("reference:" + str(_tasks_file(tmp_path)))
+    fallback = Agent(reference)
+    config = ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=0.0, fallback="reference:x")
+    agents = {"on": wrong, "off": wrong, "judge": judge, "fallback": fallback}
+    # Neither mode solved it: the tagged regime labels it ("on"), and the worked solution becomes the thinking.
+    hard = coldstart_record(GSM | {"regime": "on"}, agents, PROMPTS, config)
+    parsed = parse(hard["messages"][-1]["content"])
+    assert hard["label"] == {"mode": "on", "source": "prior", "directive": None, "response": "fallback"}
+    assert parsed.well_formed and parsed.answer == GSM_GOLD and parsed.think == GSM_COT
+    assert hard["provenance"]["fallback"] == reference.name
+    easy = coldstart_record(GSM | {"regime": "off"}, agents, PROMPTS, config)
+    assert (easy["mode"], parse(easy["messages"][-1]["content"]).answer) == ("off", GSM_GOLD)
+    # Where the samples solve it, the vote stands and the fallback is not asked.
+    right_off = agent(lambda p, i: f"Final answer: {GSM_GOLD}")
+    unasked = agent(lambda p, i: pytest.fail("the fallback was asked"))
+    voted = coldstart_record(GSM | {"regime": "on"}, agents | {"off": right_off, "fallback": unasked}, PROMPTS, config)
+    assert voted["label"] == {"mode": "off", "source": "vote", "directive": None}
+    assert "fallback" not in voted["provenance"]
+    # A think-on fallback without reasoning is not kept (no empty <think>).
+    bare = coldstart_record(ARITH | {"regime": "on"}, agents, PROMPTS, config)
+    assert bare["status"] == "rejected"
+    # Without a fallback a 0-0 vote is a tie (think-off) and nothing is kept, as before.
+    plain = coldstart_record(GSM | {"regime": "on"}, {"on": wrong, "off": wrong, "judge": judge}, PROMPTS,
+                             ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=0.0))
+    assert plain["status"] == "rejected" and plain["label"]["mode"] == "off"
+
+
+def test_reference_backend_answers_known_questions_only(tmp_path):
+    backend = make_backend("reference:" + str(_tasks_file(tmp_path)))
+    out = backend.generate([PROMPTS.messages("think_on", query=GSM["messages"][0]["content"])], SamplingParams(n=2))
+    assert [c.text for c in out[0]] == [f"{GSM_COT}\nFinal answer: {GSM_GOLD}"] * 2
+    with pytest.raises(BackendError, match="no known task question"):
+        backend.generate([[{"role": "user", "content": "What is the capital of France?"}]], SamplingParams())
+    empty = tmp_path / "open.jsonl"
+    write_jsonl(empty, [{"id": "o", "prompt": "Name a color."}])
+    with pytest.raises(ValueError, match="none of the 1 tasks has a reference answer"):
+        make_backend(f"reference:{empty}")
+
+
+_GSM_TASK = load_suite("gsm_symbolic", n=1, difficulty=2)[0]
+GSM = _GSM_TASK.to_dict() | {"regime": "on"}
+GSM_GOLD = _GSM_TASK.reference["entry"]["answer"]
+GSM_COT = _GSM_TASK.reference["entry"]["metadata"]["answer_cot"].split("####")[0].strip()
+ARITH = load_suite("arithmetic", n=1, difficulty=3)[0].to_dict() | {"regime": "on"}
+
+
+def _tasks_file(tmp_path):
+    path = tmp_path / "tagged.jsonl"
+    write_jsonl(path, [GSM | {"tag": {"by": "given"}}, ARITH])  # extra fields of earlier stages are ignored
+    return path
 
 
 # -- runner, bad input -------------------------------------------------------------------------

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autothink.data.runner import _load_done, record_seed  # the runner's resume: torn line cut, records by id
+from autothink.data.runner import load_done, record_seed
 from autothink.demo import PRIMER
 from autothink.format import forced_prefix, install_chat_template, parse
 from autothink.jsonl import write_jsonl
 from autothink.llm import THINKING_VALUES, Backend, BackendError, SamplingParams, make_backend
-from autothink.tasks import SUITES, Task, load_suite
+from autothink.tasks import SUITES, Task, load_suite, parse_suite
 from autothink.verify import verify_many
 
 SEGMENTS = ("judge", "think", "answer")
@@ -91,31 +91,6 @@ class EvalConfig:
         twice = {label for label in labels if labels.count(label) > 1}
         if twice:
             raise ValueError(f"EvalConfig.suites lists {sorted(twice)} more than once")
-
-
-def parse_suite(spec: str) -> tuple[str, int | None]:
-    """`(name or path, tier)` of a suite spec; checks the name, the file and the tier.
-
-    Raises:
-        ValueError: unknown suite (the message lists the valid ones), missing file, bad tier.
-
-    >>> parse_suite("arithmetic:2")
-    ('arithmetic', 2)
-    """
-    name, sep, tier = spec.rpartition(":")
-    if not (sep and tier.isdigit()):
-        name, tier = spec, None
-    if tier is not None and not 1 <= int(tier) <= 5:
-        raise ValueError(f"suite {spec!r}: tiers run from 1 to 5")
-    if name in SUITES:
-        if tier is not None and not SUITES[name].graded:
-            graded = [s for s, suite in SUITES.items() if suite.graded]
-            raise ValueError(f"suite {spec!r}: {name} has no tiers (graded suites: {', '.join(graded)})")
-    elif not Path(name).is_file():
-        what = "no such tasks file" if name.endswith(".jsonl") else "unknown suite"
-        raise ValueError(f"{what} {name!r}; valid suites: {', '.join(SUITES)} "
-                         "(graded ones take a tier, e.g. arithmetic:3), or a tasks .jsonl path")
-    return name, None if tier is None else int(tier)
 
 
 def suite_label(spec: str) -> str:
@@ -297,7 +272,7 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     samples_path = out / "samples.jsonl"
-    done = _load_done(samples_path)
+    done = load_done(samples_path)
     params = SamplingParams(n=config.samples, temperature=config.temperature, top_p=config.top_p,
                             max_tokens=config.max_tokens)
     prefix = PRIMER if config.primer else []

@@ -94,10 +94,15 @@ class Task:
             raise ValueError(f"field 'difficulty' must be an integer from 1 to 5, got {self.difficulty!r}")
 
 
-def load_tasks(path: str | os.PathLike) -> list[Task]:
-    """Read tasks from JSONL. Raises `RecordError` naming file, line and field; ids must be unique."""
+def load_tasks(path: str | os.PathLike, ignore_extra: bool = False) -> list[Task]:
+    """Read tasks from JSONL. Raises `RecordError` naming file, line and field; ids must be unique.
+
+    `ignore_extra` skips fields that are not Task fields (a later stage's additions, e.g. tags).
+    """
     tasks, seen = [], {}
     for line, obj in read_jsonl(path):
+        if ignore_extra and isinstance(obj, dict):
+            obj = {k: v for k, v in obj.items() if k in Task.__dataclass_fields__ or k == "prompt"}
         try:
             task = Task.from_dict(obj)
         except (TypeError, ValueError) as err:
@@ -310,3 +315,28 @@ def load_suite(name: str, n: int | None = None, difficulty: int | None = None, s
     if difficulty is not None and not suite.graded:
         raise ValueError(f"suite {name!r} has no difficulty tiers")
     return suite.build(n=n, difficulty=difficulty, seed=seed)
+
+
+def parse_suite(spec: str) -> tuple[str, int | None]:
+    """`(name or path, tier)` of a suite spec; checks the name, the file and the tier.
+
+    Raises:
+        ValueError: unknown suite (the message lists the valid ones), missing file, bad tier.
+
+    >>> parse_suite("arithmetic:2")
+    ('arithmetic', 2)
+    """
+    name, sep, tier = spec.rpartition(":")
+    if not (sep and tier.isdigit()):
+        name, tier = spec, None
+    if tier is not None and not 1 <= int(tier) <= 5:
+        raise ValueError(f"suite {spec!r}: tiers run from 1 to 5")
+    if name in SUITES:
+        if tier is not None and not SUITES[name].graded:
+            graded = [s for s, suite in SUITES.items() if suite.graded]
+            raise ValueError(f"suite {spec!r}: {name} has no tiers (graded suites: {', '.join(graded)})")
+    elif not Path(name).is_file():
+        what = "no such tasks file" if name.endswith(".jsonl") else "unknown suite"
+        raise ValueError(f"{what} {name!r}; valid suites: {', '.join(SUITES)} "
+                         "(graded ones take a tier, e.g. arithmetic:3), or a tasks .jsonl path")
+    return name, None if tier is None else int(tier)

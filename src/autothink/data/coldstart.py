@@ -5,6 +5,11 @@ Per query: n samples in each mode, verified; the mode with the higher pass rate 
 directive ("DO NOT THINK", "Think deeper", ...) and their mode follows it. A judge writes the
 rationale for the chosen mode, which opens the response. Also writes the RL prompts (with the
 mode label as the prior for Step-SRPO).
+
+With a `fallback` backend, a query whose chosen mode has no verified sample asks it once (its
+think-on reply must carry reasoning); a query that neither mode solved is labelled with its
+tagged regime, since a 0-0 vote carries no signal. A weak sampling model (the CPU quickstart's
+135M) then still yields data, from `reference:` solutions; labels stay votes wherever it solves.
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ class ColdstartConfig(StageConfig):
     random_fraction: float = field(default=0.01, metadata={"help": "queries given a random mode"})
     directive_fraction: float = field(default=0.1, metadata={"help": "prompts given a user directive"})
     seed: int = field(default=0, metadata={"help": "seed of the random-mode and directive draws"})
+    fallback: str | None = field(default=None, metadata={
+        "help": "backend asked once when no sample of the chosen mode verifies (a stronger model, or "
+                "'reference:<tasks.jsonl>' for the tasks' own solutions); a query neither mode solved then "
+                "takes its tagged regime as the label"})
 
 
 def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: ColdstartConfig) -> dict:
@@ -60,14 +69,24 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
         verdicts = [check(task, split_final_answer(r)[1] or r)[0] for r in replies]
         samples[mode] = list(zip(replies, verdicts))
         rates[mode] = None if task.verifier is None else sum(map(bool, verdicts)) / len(verdicts)
-    label = choose_label(task.id, rates["on"], rates["off"], record["regime"], config.delta,
-                         config.random_fraction, config.directive_fraction, config.seed)
+    unsolved = config.fallback is not None and rates["on"] == rates["off"] == 0
+    # Neither mode solved it: the vote says nothing, and only a fallback reply can be kept; the tag's regime decides.
+    label = choose_label(task.id, None if unsolved else rates["on"], None if unsolved else rates["off"],
+                         record["regime"], config.delta, config.random_fraction, config.directive_fraction, config.seed)
     mode = label["mode"]
     usable = [reply for reply, passed in samples[mode] if passed is not False]
+    if not usable and "fallback" in agents:
+        reply = agents["fallback"].ask(prompts.messages(f"think_{mode}", query=task.prompt),
+                                       seed=record_seed(task.id, "coldstart", "fallback"))[0]
+        reasoning, answer = split_final_answer(reply)
+        if check(task, answer or reply)[0] is not False and (mode == "off" or reasoning.strip()):
+            usable, label = [reply], label | {"response": "fallback"}
     provenance = {
         mode: {"backend": agents[mode].backend.name, "verdicts": [passed for _, passed in samples[mode]]}
         for mode in samples
     } | {"judge": agents["judge"].backend.name}
+    if label.get("response") == "fallback":
+        provenance["fallback"] = agents["fallback"].backend.name
     base = {"id": task.id, "pass_rates": rates, "label": label, "provenance": provenance}
     if not usable:
         return base | {"status": "rejected", "reason": f"no verified think-{mode} response"}
@@ -96,6 +115,8 @@ def run_coldstart(config: ColdstartConfig, backends: Backends | None = None) -> 
     agent = agent_factory(config, backends)
     agents = {"on": agent(config.on_backend), "off": agent(config.off_backend or config.on_backend),
               "judge": agent(config.judge or config.on_backend)}
+    if config.fallback:
+        agents["fallback"] = agent(config.fallback)
     prompts = Prompts(config.prompts_dir)
     out = Path(config.output_dir)
     results = run_records(records, lambda r: coldstart_record(r, agents, prompts, config),

@@ -10,7 +10,7 @@ from autothink.data.agents import Agent
 
 from autothink.jsonl import RecordError, read_jsonl
 from autothink.llm import Backend, make_backend
-from autothink.tasks import SUITES, Task, load_suite
+from autothink.tasks import SUITES, Task, load_suite, parse_suite
 from autothink.verify import verify
 
 
@@ -18,7 +18,8 @@ from autothink.verify import verify
 class StageConfig:
     """Fields common to the data stages (each stage's config extends these)."""
 
-    input: str = field(default="runs/data/tagged.jsonl", metadata={"help": "a tasks/queries JSONL file or a suite name"})
+    input: str = field(default="runs/data/tagged.jsonl", metadata={
+        "help": "a tasks/queries JSONL file, or built-in suites with optional tiers: 'arithmetic:1,gsm_symbolic'"})
     output_dir: str = field(default="runs/data", metadata={"help": "where the stage writes its files"})
     n: int | None = field(default=None, metadata={"help": "number of queries to take from a built-in suite"})
     workers: int = field(default=4, metadata={"help": "records in flight at once"})
@@ -34,8 +35,9 @@ def load_queries(config: StageConfig) -> list[dict]:
     Raises:
         FileNotFoundError: no such file. RecordError: a bad line (file, line and field named).
     """
-    if config.input in SUITES:
-        return [task.to_dict() for task in load_suite(config.input, n=config.n)]
+    specs = [parse_suite(s.strip()) for s in config.input.split(",")] if _is_suite_mix(config.input) else None
+    if specs:  # e.g. "arithmetic:1,gsm_symbolic": n tasks of each
+        return [task.to_dict() for name, tier in specs for task in load_suite(name, n=config.n, difficulty=tier)]
     path = Path(config.input)
     if not path.exists():
         raise FileNotFoundError(f"input {path} is neither a file nor a built-in suite ({', '.join(SUITES)})")
@@ -50,6 +52,10 @@ def load_queries(config: StageConfig) -> list[dict]:
         seen[task.id] = line
         records.append(task.to_dict() | {k: v for k, v in obj.items() if k not in TASK_FIELDS})
     return records[: config.n]
+
+
+def _is_suite_mix(text: str) -> bool:
+    return all(s.strip().rpartition(":")[0] in SUITES or s.strip() in SUITES for s in text.split(","))
 
 
 def load_tagged(config: StageConfig) -> list[dict]:

@@ -26,7 +26,7 @@ def record_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def _load_done(path: Path) -> dict[str, dict]:
+def load_done(path: Path) -> dict[str, dict]:
     """Records already written, by id; a torn last line (killed mid-write) is cut off."""
     if not path.exists():
         return {}
@@ -70,7 +70,7 @@ def run_records(
         raise ValueError(f"duplicate record id {dup!r} in the input of {desc}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    done = _load_done(output)
+    done = load_done(output)
     todo = [r for r in records if r["id"] not in done]
 
     def safe(record: dict) -> dict:

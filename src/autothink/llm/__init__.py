@@ -178,6 +178,7 @@ def make_backend(spec: str, **options) -> Backend:
     - `"local:<model>"` or a bare `<model>` (embedded name, model directory, hub id) → `LocalBackend`;
       options go to `LocalBackend.from_pretrained` (`device`, `dtype`, `batch_size`).
     - `"http://host:port[/v1][#model-name]"` / `"https://..."` → `HTTPBackend`; options go to it.
+    - `"reference:<tasks.jsonl>"` → `ReferenceBackend`: the tasks' own reference solutions.
 
     Raises:
         ValueError: the spec is empty or names nothing loadable.
@@ -185,6 +186,15 @@ def make_backend(spec: str, **options) -> Backend:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"backend spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    if spec.startswith("reference:"):
+        from autothink.tasks import load_tasks
+
+        from .reference import ReferenceBackend
+
+        path = spec[len("reference:"):]
+        if not path:
+            raise ValueError("backend spec 'reference:' needs a tasks JSONL file, e.g. 'reference:runs/data/tagged.jsonl'")
+        return ReferenceBackend(load_tasks(path, ignore_extra=True), name=spec)
     if spec.startswith(("http://", "https://")):
         from .http import HTTPBackend
 
