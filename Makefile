@@ -26,7 +26,7 @@ setup: system-deps $(BIN)/.installed
 
 quickstart: setup
 	$(BIN)/autothink models prepare
-	$(BIN)/autothink demo
+	$(BIN)/autothink run recipes/quickstart.yaml
 
 test: setup
 	$(BIN)/pytest -q

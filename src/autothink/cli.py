@@ -38,13 +38,6 @@ def _cmd_tasks_export(args: argparse.Namespace) -> None:
     print(f"wrote {count} tasks to {args.output}")
 
 
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from autothink.demo import run_demo
-
-    run_demo(model=args.model, suites=args.suites, n=args.n, modes=args.modes, max_tokens=args.max_tokens,
-             output=args.output)
-
-
 def _cmd_serve(args: argparse.Namespace) -> None:
     from autothink.format import install_chat_template
     from autothink.llm import make_backend
@@ -177,15 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--difficulty", type=int, default=None, choices=range(1, 6), help="one tier only")
     export.add_argument("--seed", type=int, default=0)
     export.set_defaults(func=_cmd_tasks_export)
-
-    demo = commands.add_parser("demo", help="sample the model in the AutoThink format on built-in tasks and score it")
-    demo.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, model dir, hub id or http URL")
-    demo.add_argument("--suites", nargs="+", default=["arithmetic", "gsm_symbolic", "knights_knaves"])
-    demo.add_argument("--n", type=int, default=4, help="tasks per suite")
-    demo.add_argument("--modes", nargs="+", default=["auto", "off", "on"], choices=["auto", "on", "off"])
-    demo.add_argument("--max-tokens", type=int, default=128)
-    demo.add_argument("-o", "--output", type=Path, default=Path("outputs/demo"))
-    demo.set_defaults(func=_cmd_demo)
 
     server = commands.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
     server.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, model dir or hub id")

@@ -20,8 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from autothink.data.runner import load_done, record_seed
-from autothink.demo import PRIMER
-from autothink.format import forced_prefix, install_chat_template, parse
+from autothink.format import forced_prefix, install_chat_template, parse, render
 from autothink.jsonl import write_jsonl
 from autothink.llm import THINKING_VALUES, Backend, BackendError, SamplingParams, make_backend
 from autothink.tasks import SUITES, Task, load_suite, parse_suite
@@ -30,6 +29,17 @@ from autothink.verify import verify_many
 SEGMENTS = ("judge", "think", "answer")
 # Settings that change what a sample is: a rerun may reuse samples only when these match.
 SAMPLE_SETTINGS = ("model", "tokenizer", "primer", "max_tokens", "temperature", "top_p", "samples", "seed")
+
+# A one-shot primer, so that a model not yet trained on the format can still follow it.
+PRIMER = [
+    {"role": "system", "content": (
+        "Reply in this format: <judge>whether the question needs reasoning</judge>, then "
+        "<think_off><answer>the answer</answer> for easy questions, or "
+        "<think_on><think>step-by-step reasoning</think><answer>the answer</answer> for hard ones."
+    )},
+    {"role": "user", "content": "What is 3 + 4?"},
+    {"role": "assistant", "content": render("off", "7", judge="A one-step sum: no reasoning needed.")},
+]
 
 
 @dataclass
@@ -40,7 +50,7 @@ class EvalConfig:
     1-5, of a graded suite: arithmetic, gsm_symbolic, propositional_logic, knights_knaves) or a
     path to a tasks JSONL file (`file.jsonl:T` keeps only tasks of difficulty T).
 
-    The primer (a one-shot example of the format, `autothink.demo.PRIMER`) is off by default: it
+    The primer (`PRIMER`, a one-shot example of the format) is off by default: it
     changes the prompt a trained model was tuned on. Turn it on for a model never trained on the
     format, such as the embedded base model.
     """
