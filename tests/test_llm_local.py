@@ -243,3 +243,72 @@ def test_make_backend(tiny_varied, tmp_path):
     for bad in ("", "local:", "ftp://host/x", "local:/no/such/dir", "no-such-model"):
         with pytest.raises(ValueError, match="backend spec|model"):
             make_backend(bad)
+
+
+def test_concurrent_calls_are_coalesced_and_give_each_call_its_own_results(tiny_varied, monkeypatch):
+    """Threads calling at once share model.generate batches; a seeded call's completions do not depend on
+    what it was batched with (each row has its own generator), so they equal the call made alone."""
+    import threading
+
+    model, tok = tiny_varied
+    backend = LocalBackend(model, tok, batch_size=64)
+    calls = [([c], SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=s)) for s, c in enumerate(CONVS * 3)]
+    alone = [backend.generate(convs, params) for convs, params in calls]
+    generate, batches = model.generate, []
+    gate = threading.Event()
+
+    def counting(*args, **kwargs):
+        batches.append(kwargs["input_ids"].shape[0])
+        gate.wait(10)  # the first batch holds until every thread has queued its call
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", counting)
+    together = [None] * len(calls)
+
+    def call(i):
+        together[i] = backend.generate(*calls[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    while len(backend._pending) + sum(batches) // 2 < len(calls):
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert together == alone
+    assert len(batches) == 2 and sum(batches) == 2 * len(calls)  # the first call alone, then all the rest at once
+
+
+def test_an_error_in_a_coalesced_batch_reaches_every_caller(tiny_varied, monkeypatch):
+    import threading
+
+    model, tok = tiny_varied
+    backend = LocalBackend(model, tok)
+    gate, batches = threading.Event(), []
+
+    def broken(*args, **kwargs):
+        batches.append(kwargs["input_ids"].shape[0])
+        gate.wait(10)
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(model, "generate", broken)
+    errors = []
+
+    def call(conv):
+        try:
+            backend.generate([conv], SamplingParams(max_tokens=4))
+        except RuntimeError as err:
+            errors.append(str(err))
+
+    threads = [threading.Thread(target=call, args=(c,)) for c in CONVS]
+    for t in threads:
+        t.start()
+    while len(backend._pending) < len(CONVS) - 1:
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert errors == ["device lost"] * len(CONVS) and batches == [1, len(CONVS) - 1]
+    monkeypatch.undo()  # the backend keeps working
+    assert backend.generate(CONVS[:1], SamplingParams(temperature=0, max_tokens=3))[0][0].tokens == 3

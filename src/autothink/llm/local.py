@@ -1,15 +1,23 @@
 """`LocalBackend`: batched sampling from a Hugging Face causal LM with `model.generate`."""
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import hashlib
 import os
+import secrets
 import queue
 import re
 import threading
 from typing import Iterator, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from . import Backend, Completion, Conversation, SamplingParams, check_thinking
@@ -19,10 +27,12 @@ class LocalBackend(Backend):
     """Sample from an in-process HF model.
 
     The n samples of each conversation are rows of the batch; rows are grouped by prompt length
-    (less padding) into batches of at most `batch_size` and left-padded. With a `seed`, results are
-    reproducible for the same inputs and `batch_size`; the global torch RNG is left untouched.
-    Calls from several threads run one at a time. `prefix=` is appended to the rendered prompt
-    text; `stream` decodes token by token (batch of one).
+    (less padding) into batches of at most `batch_size` and left-padded. Calls from several
+    threads are coalesced: while one runs, the calls that arrive wait, and those with the same
+    sampling settings then run together as one batch (the data stages' workers share the model).
+    Each row samples with its own generator seeded by (call seed, row), so a seeded call gives the
+    same completions whatever it was batched with, and the global torch RNG is left untouched.
+    `prefix=` is appended to the rendered prompt text; `stream` decodes token by token.
 
     Args:
         model: a causal LM (eval mode is set).
@@ -51,7 +61,10 @@ class LocalBackend(Backend):
         self.eos_ids = eos
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self._stop_criteria: dict[tuple, StopStringCriteria] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model: one generate at a time
+        self._pending: list[_Call] = []  # calls waiting to be coalesced
+        self._cv = threading.Condition()
+        self._running = False
 
     @classmethod
     def from_pretrained(cls, name_or_path, device: str = "auto", dtype: str = "auto", **kw) -> "LocalBackend":
@@ -100,9 +113,38 @@ class LocalBackend(Backend):
         thinking: str | None,
         prefixes: list[str] | None = None,
     ) -> list[list[Completion]]:
-        prompts = self._encode(conversations, thinking, prefixes)
+        call = _Call(self._encode(conversations, thinking, prefixes), params)
+        with self._cv:
+            self._pending.append(call)
+            while call.result is None and self._running:
+                self._cv.wait()
+            if call.result is not None:  # another thread ran it with its own batch
+                return call.result()
+            self._running = True
+            batch = [c for c in self._pending if c.key == call.key]
+            self._pending = [c for c in self._pending if c.key != call.key]
+        try:
+            outcome = self._run_calls(batch)
+        except BaseException as err:  # noqa: BLE001 - every coalesced caller gets the error
+            outcome = [err] * len(batch)
+        with self._cv:
+            for c, result in zip(batch, outcome):
+                c.settle(result)
+            self._running = False
+            self._cv.notify_all()
+        return call.result()
+
+    def _run_calls(self, calls: list["_Call"]) -> list[list[list[Completion]]]:
+        """Several calls with the same sampling settings as one `_sample`; results split back per call."""
+        prompts = [p for c in calls for p in c.prompts]
+        seeds = [(c.seed, i) for c in calls for i in range(len(c.prompts))]
         with self._lock:
-            return self._sample(prompts, params)
+            results = self._sample(prompts, calls[0].params, seeds=seeds)
+        out, start = [], 0
+        for c in calls:
+            out.append(results[start:start + len(c.prompts)])
+            start += len(c.prompts)
+        return out
 
     def stream(
         self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = ""
@@ -126,7 +168,8 @@ class LocalBackend(Backend):
         def work():
             try:
                 with self._lock:
-                    out = self._sample([prompt], params, streamer=_TokenQueue(pieces), cancel=cancel)
+                    out = self._sample([prompt], params, seeds=[(_Call.seed_of(params), 0)],
+                                       streamer=_TokenQueue(pieces), cancel=cancel)
                 pieces.put(out[0][0])
             except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
                 pieces.put(err)
@@ -154,31 +197,27 @@ class LocalBackend(Backend):
             worker.join()
 
     def _sample(
-        self, prompts: list[list[int]], params: SamplingParams, streamer=None, cancel: threading.Event | None = None
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]],
+        streamer=None, cancel: threading.Event | None = None,
     ) -> list[list[Completion]]:
-        rows = [i for i in range(len(prompts)) for _ in range(params.n)]  # row -> conversation
+        """`params.n` completions per prompt; `seeds[i]` = (call seed, index in the call) of prompt i."""
+        rows = [i for i in range(len(prompts)) for _ in range(params.n)]  # row -> prompt
         # Longest prompts first, stable: batches hold rows of similar length.
         order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r]]))
         results: list[Completion | None] = [None] * len(rows)
-        device = self.model.device
-        rng = contextlib.nullcontext()
-        if params.seed is not None:
-            devices = [device] if device.type == "cuda" else []
-            rng = torch.random.fork_rng(devices=devices)
-        with rng:
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                outs = self._generate_batch([prompts[rows[r]] for r in chunk], params, device, streamer, cancel)
-                for r, out in zip(chunk, outs):
-                    results[r] = out
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            row_seeds = [(*seeds[rows[r]], r % params.n) for r in chunk]
+            outs = self._generate_batch([prompts[rows[r]] for r in chunk], params, row_seeds, streamer, cancel)
+            for r, out in zip(chunk, outs):
+                results[r] = out
         n = params.n
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams, device, streamer=None, cancel=None
+        self, prompts: list[list[int]], params: SamplingParams, row_seeds: list[tuple], streamer=None, cancel=None
     ) -> list[Completion]:
+        device = self.model.device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -189,14 +228,13 @@ class LocalBackend(Backend):
         kwargs = dict(
             max_new_tokens=params.max_tokens,
             min_new_tokens=0,
-            do_sample=not params.greedy,
+            do_sample=False,  # sampling, when asked, is _RowSampler's: generate then keeps its one token
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
             num_beams=1,
         )
         if not params.greedy:
-            # OpenAI semantics: no top-k unless asked (HF's default is top_k=50).
-            kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=0)
+            kwargs["logits_processor"] = LogitsProcessorList([_RowSampler(row_seeds, params, device)])
         criteria = [self._stop_criterion(params.stop)] if params.stop else []
         criteria += [_Cancelled(cancel)] if cancel is not None else []
         if criteria:
@@ -248,6 +286,53 @@ class LocalBackend(Backend):
         return Completion(
             text=text, finish_reason=reason, tokens=count, prompt_tokens=prompt_tokens, stop_reason=stop_reason
         )
+
+
+class _Call:
+    """One `generate` call waiting to be run, alone or coalesced with alike calls."""
+
+    def __init__(self, prompts: list[list[int]], params: SamplingParams):
+        self.prompts, self.params, self.seed = prompts, params, self.seed_of(params)
+        self.key = dataclasses.replace(params, seed=None)  # calls differing only in seed run together
+        self._outcome = None
+        self.result = None  # set to a callable returning the completions (or raising) once run
+
+    @staticmethod
+    def seed_of(params: SamplingParams) -> int:
+        return params.seed if params.seed is not None else secrets.randbits(63)
+
+    def settle(self, outcome) -> None:
+        self._outcome = outcome
+        self.result = self._get
+
+    def _get(self):
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples each row's next token with the row's own generator (temperature, then nucleus
+    top-p; no top-k, as OpenAI), and leaves only that token for greedy `generate` to pick."""
+
+    def __init__(self, row_seeds: list[tuple], params: SamplingParams, device):
+        self.generators = [torch.Generator(device=device).manual_seed(_mix(seed)) for seed in row_seeds]
+        self.temperature, self.top_p = float(params.temperature), float(params.top_p)
+
+    def __call__(self, input_ids, scores):
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, index = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # the top token always stays
+            probs = probs.scatter(-1, index, sorted_probs.masked_fill(outside, 0.0))
+        tokens = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, tokens, 0.0)
+
+
+def _mix(seed: tuple) -> int:
+    """A 63-bit generator seed from (call seed, prompt index, sample index)."""
+    return int.from_bytes(hashlib.blake2b(repr(seed).encode(), digest_size=8).digest(), "big") >> 1
 
 
 class _TokenQueue(BaseStreamer):
