@@ -186,6 +186,8 @@ def test_tiny_run_learns_and_saves_a_checkpoint_with_the_thinking_template(finis
     assert summary["packing"] is True and summary["attn_implementation"] == "sdpa" and summary["resumed_from"] is None
     assert summary["metrics"]["eval_loss"] < losses[0]  # evaluated after training, on the (same) eval file
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}
+    # Saved for generation: the KV cache is on (decoding without it is several times slower).
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
 
     tok = AutoTokenizer.from_pretrained(out)
     msgs = [_user("What is 2+2?")]

@@ -489,6 +489,7 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
     rows = read_rl_prompts(config.data)  # bad data fails before the model loads
     resume = _resume_point(config)
     model, tokenizer = load_student(config)
+    model.config.use_cache = True  # rollouts decode with the KV cache (an SFT checkpoint may have saved it off)
     args = copy.copy(config)
     args.model_init_kwargs = None  # the policy is loaded already
     trainer = StepSRPOTrainer(model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer,

@@ -260,6 +260,7 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
     metrics = dict(result.metrics)
     if eval_examples:
         metrics.update(trainer.evaluate())
+    model.config.use_cache = True  # the trainer turns the KV cache off for training; generation needs it back
     trainer.save_model(config.output_dir)  # model + tokenizer (with the thinking chat template)
     trainer.save_state()
     trainer.save_metrics("train", metrics)

@@ -232,6 +232,7 @@ class LocalBackend(Backend):
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
             num_beams=1,
+            use_cache=True,  # a checkpoint saved by a trainer may say otherwise (decoding then recomputes everything)
         )
         if not params.greedy:
             kwargs["logits_processor"] = LogitsProcessorList([_RowSampler(row_seeds, params, device)])
