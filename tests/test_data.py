@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from autothink.data.agents import Agent, AgentError, Prompts, parse_json_reply, split_final_answer
+from autothink.data.agents import Agent, AgentError, Prompts, first_sentences, parse_json_reply, split_final_answer
 from autothink.algorithms import vote_mode
 from autothink.data.coldstart import ColdstartConfig, choose_label, coldstart_record
 from autothink.data.common import StageConfig, load_queries
@@ -186,6 +186,17 @@ def test_coldstart_votes_and_renders_judge_then_answer():
     config = ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=1.0)
     directed = coldstart_record(MATH, {"on": on, "off": on, "judge": judge}, PROMPTS, config)
     assert detect_directive(directed["messages"][0]["content"]) == directed["mode"] == directed["label"]["mode"]
+
+
+def test_judge_rationale_keeps_two_sentences_of_the_first_paragraph():
+    assert first_sentences("Needs two steps. The sum is small! Then more? Yes.\n\nSecond paragraph.") == \
+        "Needs two steps. The sum is small!"
+    assert first_sentences("One line, no period") == "One line, no period"
+    rambling = agent(lambda p, i: "Easy. A direct sum. In one or two sentences, explain why...")
+    out = coldstart_record(MATH, {"on": agent(lambda p, i: "Final answer: 42"), "off": agent(lambda p, i: "Final answer: 42"),
+                                  "judge": rambling}, PROMPTS, ColdstartConfig(samples=1, random_fraction=0.0,
+                                                                               directive_fraction=0.0))
+    assert parse(out["messages"][-1]["content"]).judge == "Easy. A direct sum."
 
 
 def test_coldstart_fallback_answers_only_where_the_samples_fail(tmp_path):

@@ -145,3 +145,14 @@ def strip_tags(text: str) -> str:
     for tag in SPECIAL_TOKENS:
         text = text.replace(tag, "")
     return text.strip()
+
+
+def first_sentences(text: str, n: int = 2) -> str:
+    """The first `n` sentences of the first paragraph: a judge's rationale is short, whatever a model rambles on.
+
+    >>> first_sentences("Two steps. Easy enough. But also more.")
+    'Two steps. Easy enough.'
+    """
+    paragraph = text.strip().split("\n\n")[0]
+    parts = re.split(r"(?<=[.!?])\s+", paragraph)
+    return " ".join(parts[:n]).strip()

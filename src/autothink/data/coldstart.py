@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autothink.algorithms.advantages import vote_mode
-from autothink.data.agents import Prompts, split_final_answer, strip_tags
+from autothink.data.agents import Prompts, first_sentences, split_final_answer, strip_tags
 from autothink.data.common import Backends, StageConfig, agent_factory, as_task, check, load_tagged
 from autothink.data.runner import record_seed, run_records
 from autothink.format import DIRECTIVES, render
@@ -98,7 +98,7 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
         seed=record_seed(task.id, "rationale"), temperature=0.3,
     )[0]
     reasoning, answer = split_final_answer(usable[0])
-    response = render(mode, strip_tags(answer or reasoning), judge=strip_tags(rationale),
+    response = render(mode, strip_tags(answer or reasoning), judge=first_sentences(strip_tags(rationale)),
                       think=strip_tags(reasoning) if mode == "on" else "")
     messages = [dict(m) for m in task.messages]
     if label["directive"]:
