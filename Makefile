@@ -33,3 +33,4 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sandbox.py
+	$(BIN)/python benchmarks/bench_stage1.py step
