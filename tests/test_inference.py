@@ -1,18 +1,17 @@
 """`autothink.inference`: replies with mode control and a thinking budget (scripted backend for exact
 texts and counts, the tiny model for the real LocalBackend), reply prefixes and streaming of
 LocalBackend, the reasoning/content split, and the `generate` / `chat` commands."""
-import copy
 import io
 import json
 import threading
 import time
 
 import pytest
-import torch
+from helpers import varied_tiny
 from scripted import SCRIPT, Scripted
 
 from autothink.cli import main
-from autothink.format import add_autothink_tokens, parse
+from autothink.format import parse
 from autothink.inference import (
     ReasoningSplitter,
     chat,
@@ -22,7 +21,6 @@ from autothink.inference import (
 )
 from autothink.llm import Backend, Completion, SamplingParams
 from autothink.llm.local import LocalBackend
-from autothink.models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -167,11 +165,7 @@ def test_split_reasoning_whole_and_piece_by_piece(text, reasoning, content):
 @pytest.fixture(scope="module")
 def local(tokenizer):
     """LocalBackend over a tiny AutoThink model with an untied random head (prompt-dependent output)."""
-    model, tok = tiny_model(copy.deepcopy(tokenizer))
-    add_autothink_tokens(tok, model)
-    g = torch.Generator().manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=g) * 0.5)
-    model.config.tie_word_embeddings = False
+    model, tok = varied_tiny(tokenizer, autothink=True)
     return LocalBackend(model, tok, name="tiny")
 
 

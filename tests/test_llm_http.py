@@ -1,7 +1,6 @@
 """HTTPBackend against real HTTP servers on localhost: `autothink.serve` over a tiny model, and
 scripted stdlib servers for retries and partial answers."""
 import contextlib
-import copy
 import json
 import socket
 import threading
@@ -12,14 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
-import torch
+from helpers import varied_tiny
 
-from autothink.format import add_autothink_tokens
 from autothink.inference import respond
 from autothink.llm import Backend, BackendError, Completion, SamplingParams
 from autothink.llm.http import HTTPBackend
 from autothink.llm.local import LocalBackend
-from autothink.models import tiny_model
 from autothink.serve import create_app, running_server
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,11 +32,7 @@ GREEDY = SamplingParams(n=2, temperature=0, max_tokens=10)
 @pytest.fixture(scope="module")
 def local(tokenizer):
     """LocalBackend over a tiny AutoThink model with an untied random head (prompt-dependent output)."""
-    model, tok = tiny_model(copy.deepcopy(tokenizer))
-    add_autothink_tokens(tok, model)
-    g = torch.Generator().manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=g) * 0.5)
-    model.config.tie_word_embeddings = False
+    model, tok = varied_tiny(tokenizer, autothink=True)
     return LocalBackend(model, tok, name="tiny")
 
 

@@ -1,13 +1,12 @@
 """LocalBackend on a tiny random Llama with the real SmolLM2 tokenizer."""
-import copy
 
 import pytest
 import torch
+from helpers import varied_tiny
 
-from autothink.format import SPECIAL_TOKENS, add_autothink_tokens, forced_prefix
+from autothink.format import SPECIAL_TOKENS, forced_prefix
 from autothink.llm import Backend, Completion, SamplingParams, make_backend
 from autothink.llm.local import LocalBackend
-from autothink.models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -16,21 +15,6 @@ CONVS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? Answer with care."}],
     [{"role": "user", "content": "Tell me a story about a dragon who learned to count to ten."}],
 ]
-
-
-def varied_tiny(tokenizer, autothink=False):
-    """tiny_model with an untied random output head.
-
-    `tiny_model` ties the head to the embeddings, so its greedy output just repeats the last prompt
-    token; with a separate head the output depends on the whole prompt, which these tests need.
-    """
-    model, tok = tiny_model(copy.deepcopy(tokenizer))
-    if autothink:
-        add_autothink_tokens(tok, model)
-    g = torch.Generator().manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=g) * 0.5)
-    model.config.tie_word_embeddings = False
-    return model, tok
 
 
 @pytest.fixture(scope="module")

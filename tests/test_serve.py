@@ -1,7 +1,6 @@
 """`autothink serve` over real HTTP on localhost with the `openai` client: the reasoning/content split,
 forced modes, budgets, usage, SSE streaming (scripted backend for exact texts, the tiny model for
 LocalBackend's token-by-token stream), the bounded queue and batching, bad requests, draining."""
-import copy
 import json
 import signal
 import socket
@@ -13,14 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-import torch
 import uvicorn
+from helpers import varied_tiny
 from scripted import SCRIPT, Scripted
 
-from autothink.format import add_autothink_tokens
 from autothink.llm import Backend, BackendError
 from autothink.llm.local import LocalBackend
-from autothink.models import tiny_model
 from autothink.serve import DrainingServer, create_app, running_server
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,11 +65,7 @@ def scripted():
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
     """(url, app, backend) of a server over a tiny AutoThink model with an untied random head."""
-    model, tok = tiny_model(copy.deepcopy(tokenizer))
-    add_autothink_tokens(tok, model)
-    g = torch.Generator().manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=g) * 0.5)
-    model.config.tie_word_embeddings = False
+    model, tok = varied_tiny(tokenizer, autothink=True)
     backend = LocalBackend(model, tok, name="tiny")
     app = create_app(backend)
     with running_server(app) as url:
