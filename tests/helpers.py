@@ -1,5 +1,6 @@
 """Test helpers shared by several test files."""
 import copy
+import json
 
 import torch
 
@@ -20,3 +21,10 @@ def varied_tiny(tokenizer, autothink=False):
     model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=g) * 0.5)
     model.config.tie_word_embeddings = False
     return model, tok
+
+
+def rl_prompt_rows(tasks):
+    """RL prompt rows (the `rl_prompts.jsonl` schema) for tasks; tiers >= 3 get the prior mode "on"."""
+    return [{"id": t.id, "prompt": t.messages, "verifier": t.verifier, "reference": json.dumps(t.reference),
+             "difficulty": t.difficulty, "domain": t.domain, "prior_mode": "on" if t.difficulty >= 3 else "off"}
+            for t in tasks]

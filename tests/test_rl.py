@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import trl
+from helpers import rl_prompt_rows
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from autothink.algorithms import (
@@ -128,9 +129,7 @@ TASKS = load_suite("arithmetic", n=4)
 
 
 def _rows():
-    return [{"id": t.id, "prompt": t.messages, "verifier": t.verifier, "reference": json.dumps(t.reference),
-             "difficulty": t.difficulty, "domain": t.domain, "prior_mode": "on" if t.difficulty >= 3 else "off"}
-            for t in TASKS]
+    return rl_prompt_rows(TASKS)
 
 
 def _gold(task):

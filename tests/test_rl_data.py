@@ -3,6 +3,7 @@ import json
 from itertools import chain
 
 import pytest
+from helpers import rl_prompt_rows
 
 from autothink.jsonl import RecordError, write_jsonl
 from autothink.rl_data import (
@@ -17,9 +18,7 @@ TASKS = load_suite("arithmetic", n=4)
 
 
 def _rows():
-    return [{"id": t.id, "prompt": t.messages, "verifier": t.verifier, "reference": json.dumps(t.reference),
-             "difficulty": t.difficulty, "domain": t.domain, "prior_mode": "on" if t.difficulty >= 3 else "off"}
-            for t in TASKS]
+    return rl_prompt_rows(TASKS)
 
 
 def test_read_rl_prompts_keeps_every_row_and_normalises(tmp_path):
