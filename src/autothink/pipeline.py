@@ -27,6 +27,7 @@ import difflib
 import importlib
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -158,10 +159,7 @@ def _plain(options: dict) -> dict:
 def _result(result) -> object:
     """A short, JSON-able account of a job's result (record counts, a path, top-level numbers)."""
     if isinstance(result, list):
-        counts: dict[str, int] = {}
-        for r in result:
-            counts[r.get("status", "ok")] = counts.get(r.get("status", "ok"), 0) + 1
-        return {"records": len(result), **counts}
+        return {"records": len(result), **Counter(r.get("status", "ok") for r in result)}
     if isinstance(result, dict):
         return {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool)) or v is None}
     return str(result)

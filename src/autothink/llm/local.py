@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import secrets
 import queue
 import re
+import secrets
 import threading
 from typing import Iterator, Sequence
 
@@ -116,10 +116,10 @@ class LocalBackend(Backend):
         call = _Call(self._encode(conversations, thinking, prefixes), params)
         with self._cv:
             self._pending.append(call)
-            while call.result is None and self._running:
+            while not call.done and self._running:
                 self._cv.wait()
-            if call.result is not None:  # another thread ran it with its own batch
-                return call.result()
+            if call.done:  # another thread ran it with its own batch
+                return call.get()
             self._running = True
             batch = [c for c in self._pending if c.key == call.key]
             self._pending = [c for c in self._pending if c.key != call.key]
@@ -132,7 +132,7 @@ class LocalBackend(Backend):
                 c.settle(result)
             self._running = False
             self._cv.notify_all()
-        return call.result()
+        return call.get()
 
     def _run_calls(self, calls: list["_Call"]) -> list[list[list[Completion]]]:
         """Several calls with the same sampling settings as one `_sample`; results split back per call."""
@@ -295,18 +295,17 @@ class _Call:
     def __init__(self, prompts: list[list[int]], params: SamplingParams):
         self.prompts, self.params, self.seed = prompts, params, self.seed_of(params)
         self.key = dataclasses.replace(params, seed=None)  # calls differing only in seed run together
-        self._outcome = None
-        self.result = None  # set to a callable returning the completions (or raising) once run
+        self.done, self._outcome = False, None
 
     @staticmethod
     def seed_of(params: SamplingParams) -> int:
         return params.seed if params.seed is not None else secrets.randbits(63)
 
     def settle(self, outcome) -> None:
-        self._outcome = outcome
-        self.result = self._get
+        self.done, self._outcome = True, outcome
 
-    def _get(self):
+    def get(self):
+        """The completions, or the error the batch raised."""
         if isinstance(self._outcome, BaseException):
             raise self._outcome
         return self._outcome
