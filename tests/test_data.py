@@ -18,6 +18,7 @@ from autothink.data.tag import assign_regime, tag_record, validate_tag
 from autothink.format import DIRECTIVES, detect_directive, parse
 from autothink.jsonl import RecordError, write_jsonl
 from autothink.llm import Backend, BackendError, Completion, SamplingParams, make_backend
+from autothink.llm.reference import arithmetic_steps, reference_solution
 from autothink.tasks import load_suite
 
 PROMPTS = Prompts()
@@ -221,7 +222,7 @@ def test_coldstart_fallback_answers_only_where_the_samples_fail(tmp_path):
     assert voted["label"] == {"mode": "off", "source": "vote", "directive": None}
     assert "fallback" not in voted["provenance"]
     # A think-on fallback without reasoning is not kept (no empty <think>).
-    bare = coldstart_record(ARITH | {"regime": "on"}, agents, PROMPTS, config)
+    bare = coldstart_record(MATH | {"regime": "on"}, agents, PROMPTS, config)
     assert bare["status"] == "rejected"
     # Without a fallback a 0-0 vote is a tie (think-off) and nothing is kept, as before.
     plain = coldstart_record(GSM | {"regime": "on"}, {"on": wrong, "off": wrong, "judge": judge}, PROMPTS,
@@ -241,6 +242,16 @@ def test_reference_backend_answers_known_questions_only(tmp_path):
         make_backend(f"reference:{empty}")
 
 
+def test_reference_works_out_arithmetic_one_operation_per_line():
+    assert arithmetic_steps("-( 12 + -5 ) * 3 / 7") == "12 + -5 = 7\n-(7) = -7\n-7 * 3 = -21\n-21 / 7 = -3"
+    assert arithmetic_steps("7 / 2 + 1") == ""  # a fraction on the way: no worked solution
+    assert arithmetic_steps("__import__('os')") == ""
+    # Every generated item of every tier is worked out to its gold answer.
+    for task in load_suite("arithmetic", n=25):
+        steps, gold = reference_solution(task)
+        assert steps.splitlines()[-1].rsplit("= ", 1)[1] == gold, task.prompt
+
+
 _GSM_TASK = load_suite("gsm_symbolic", n=1, difficulty=2)[0]
 GSM = _GSM_TASK.to_dict() | {"regime": "on"}
 GSM_GOLD = _GSM_TASK.reference["entry"]["answer"]
@@ -250,7 +261,8 @@ ARITH = load_suite("arithmetic", n=1, difficulty=3)[0].to_dict() | {"regime": "o
 
 def _tasks_file(tmp_path):
     path = tmp_path / "tagged.jsonl"
-    write_jsonl(path, [GSM | {"tag": {"by": "given"}}, ARITH])  # extra fields of earlier stages are ignored
+    math = {"id": "m1", "prompt": MATH["messages"][0]["content"], "verifier": "math", "reference": "42"}
+    write_jsonl(path, [GSM | {"tag": {"by": "given"}}, ARITH, math])  # extra fields of earlier stages are ignored
     return path
 
 

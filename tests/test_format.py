@@ -1,4 +1,5 @@
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,7 @@ from autothink.format import (
     parse,
     render,
 )
+from helpers import varied_tiny
 
 # Text that holds no AutoThink tag, though it may hold angle brackets and tag-like words.
 plain = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60).filter(
@@ -104,6 +106,16 @@ def test_every_listed_directive_is_detected():
     for mode, phrases in DIRECTIVES.items():
         for phrase in phrases:
             assert detect_directive(f"What is 12*12? {phrase}") == mode, phrase
+
+
+def test_new_tags_start_as_the_mean_of_their_pieces_in_both_embedding_tables(tokenizer):
+    model, tok = varied_tiny(tokenizer)  # untied head: the input and output tables differ
+    pieces = {t: tok(t, add_special_tokens=False)["input_ids"] for t in SPECIAL_TOKENS}
+    add_autothink_tokens(tok, model)
+    for table in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        for token, ids in pieces.items():
+            assert len(ids) > 1
+            torch.testing.assert_close(table[tok.convert_tokens_to_ids(token)], table[ids].mean(0))
 
 
 def test_add_tokens_resizes_model_and_template_forces_modes(tiny):

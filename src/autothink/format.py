@@ -212,15 +212,27 @@ def add_autothink_tokens(tokenizer, model=None) -> int:
     """Add the AutoThink tokens to `tokenizer` (and resize `model`'s embeddings); install the template.
 
     The tags are added as atomic, non-special tokens (as Qwen3 does for `<think>`), so
-    `decode(..., skip_special_tokens=True)` keeps them while dropping EOS and padding.
+    `decode(..., skip_special_tokens=True)` keeps them while dropping EOS and padding. Each new
+    row of the model's input (and untied output) embeddings is the mean of the rows of the tag's
+    text pieces (`<judge>` = `<`, `jud`, `ge`, `>`): transformers' default draw around the mean
+    embedding starts SmolLM2-135M at log p(`<judge>`) = -20 where a response begins, the pieces'
+    mean at -14, and cold-start SFT has to climb that gap before the format appears.
 
     Returns:
         The number of tokens that were new to the tokenizer.
     """
+    import torch
     from tokenizers import AddedToken
 
+    vocab = tokenizer.get_vocab()
+    pieces = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in SPECIAL_TOKENS if t not in vocab}
     added = tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in SPECIAL_TOKENS])
     if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
+        tables = {model.get_input_embeddings().weight, model.get_output_embeddings().weight}
+        with torch.no_grad():
+            for token, ids in pieces.items():
+                for table in tables:
+                    table[tokenizer.convert_tokens_to_ids(token)] = table[ids].mean(0)
     install_chat_template(tokenizer)
     return added

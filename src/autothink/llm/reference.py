@@ -3,17 +3,61 @@
     backend = make_backend("reference:runs/data/tagged.jsonl")   # or a suite: "reference:gsm_symbolic"
 
 Procedural datasets carry their gold answers, and some a worked solution (`gsm_symbolic`'s
-`answer_cot`). Where no strong model is at hand (the 2-core CPU quickstart), this backend stands
+`answer_cot`; `basic_arithmetic`'s expression is worked out one operation per line). Where no strong model is at hand (the 2-core CPU quickstart), this backend stands
 in for one: asked about a known question, it replies `<worked solution>\\nFinal answer: <gold>`,
 the convention of the data-stage prompt templates. The question is found as the longest known
 task prompt inside the last user message, so any template that quotes the question works.
 """
 from __future__ import annotations
 
+import ast
+import operator
 import re
+from fractions import Fraction
 
 from autothink.llm import Backend, BackendError, Completion, Conversation, SamplingParams
 from autothink.tasks import Task
+
+
+_OPS = {ast.Add: (operator.add, "+"), ast.Sub: (operator.sub, "-"), ast.Mult: (operator.mul, "*"),
+        ast.Div: (operator.truediv, "/")}
+
+
+def arithmetic_steps(expression: str) -> str:
+    """An arithmetic expression worked out one operation per line, in evaluation order.
+
+    Returns "" when the expression is not plain + - * / over integers or an intermediate result
+    is not an integer (a worked solution with fractions would not help a small model).
+
+    >>> print(arithmetic_steps("( 56 + -33 ) - 84"))
+    56 + -33 = 23
+    23 - 84 = -61
+    """
+    steps = []
+
+    def value(node) -> Fraction:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return Fraction(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            inner = value(node.operand)
+            if not isinstance(node.operand, ast.Constant):
+                steps.append(f"-({inner}) = {-inner}")
+            return -inner
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            left, right = value(node.left), value(node.right)
+            fn, symbol = _OPS[type(node.op)]
+            result = fn(left, right)
+            if result.denominator != 1:
+                raise ValueError("fraction")
+            steps.append(f"{left} {symbol} {right} = {result}")
+            return result
+        raise ValueError("not plain arithmetic")
+
+    try:
+        value(ast.parse(expression, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError):
+        return ""
+    return "\n".join(steps)
 
 
 def reference_solution(task: Task) -> tuple[str, str | None]:
@@ -21,7 +65,10 @@ def reference_solution(task: Task) -> tuple[str, str | None]:
     ref = task.reference
     if task.verifier == "gym" and isinstance(ref, dict):
         entry = ref.get("entry", {})
-        cot = str(entry.get("metadata", {}).get("answer_cot") or "")
+        metadata = entry.get("metadata", {})
+        if ref.get("dataset") == "basic_arithmetic":
+            return arithmetic_steps(str(metadata.get("expression", ""))), str(entry.get("answer"))
+        cot = str(metadata.get("answer_cot") or "")
         return re.sub(r"\n?####.*\Z", "", cot, flags=re.S).strip(), str(entry.get("answer"))
     if task.verifier in ("math", "choice") and isinstance(ref, (str, int, float)):
         return "", str(ref)
