@@ -190,6 +190,30 @@ def test_scripted_run_exact_metrics_and_outputs(tasks_file, tmp_path):
         assert (out / name).stat().st_size > 0
 
 
+def test_compare_puts_runs_side_by_side(tasks_file, tmp_path, capsys):
+    before = tmp_path / "before"
+    metrics = run_eval(scripted_config(tasks_file, before), backend=Scripted())
+    capsys.readouterr()
+    after = copy.deepcopy(metrics)  # "after RL": fewer think-on replies on tier 2, no forced-off run
+    after["model"] = "rl"
+    after["suites"]["tasks:2"]["auto"].update(think_on_rate=0.0, accuracy=1.0)
+    for by_mode in (*after["suites"].values(), after["all"]):
+        del by_mode["off"]
+    (tmp_path / "after").mkdir()
+    (tmp_path / "after" / "metrics.json").write_text(json.dumps(after))
+    assert main(["eval", "compare", str(before), str(tmp_path / "after")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"[1] {before} (model scripted)", f"[2] {tmp_path / 'after'} (model rl)"]
+    cells = {tuple(line.split()[:2]): line.split()[2:] for line in lines[3:]}
+    assert len(cells) == 2 * 3 + 3  # (2 suites + all) x 3 modes
+    auto2 = metrics["suites"]["tasks:2"]["auto"]
+    # accuracy [1] [2], think-on [1] [2], well-formed [1] [2], think tok [1] [2], total tok [1] [2]
+    assert cells["tasks:2", "auto"][:4] == [f"{auto2['accuracy']:.3f}", "1.000", f"{auto2['think_on_rate']:.3f}", "0.000"]
+    assert cells["tasks:1", "off"][1::2] == ["-"] * 5
+    assert main(["eval", "compare", str(before), str(tmp_path / "missing")]) == 2
+    assert "missing: no metrics.json" in capsys.readouterr().err
+
+
 def test_resume_reuses_finished_samples(tasks_file, tmp_path):
     out = tmp_path / "eval"
     first = run_eval(scripted_config(tasks_file, out), backend=Scripted())

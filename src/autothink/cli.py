@@ -249,11 +249,32 @@ def _data_report(argv: list[str]) -> None:
     print(f"report: {write_report(parser.parse_args(argv).output_dir)}")
 
 
+def _eval_compare(argv: list[str]) -> None:
+    import json
+    from pathlib import Path
+
+    from autothink.eval_report import format_comparison
+
+    parser = argparse.ArgumentParser(prog="autothink eval compare",
+                                     description="eval runs side by side, e.g. before and after RL")
+    parser.add_argument("runs", nargs="+", help="output dirs of `autothink eval` (each holds metrics.json)")
+    runs = {}
+    for run in parser.parse_args(argv).runs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no metrics.json (not an `autothink eval` output dir, or unfinished)")
+        runs[run] = json.loads(path.read_text())
+    print(format_comparison(runs))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:2] == ["data", "report"]:
             _data_report(argv[2:])
+            return 0
+        if argv[:2] == ["eval", "compare"]:
+            _eval_compare(argv[2:])
             return 0
         for words in (2, 1):
             if " ".join(argv[:words]) in JOBS:

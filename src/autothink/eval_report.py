@@ -42,6 +42,27 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+COMPARED = (("accuracy", "accuracy", "{:.3f}"), ("think_on_rate", "think-on", "{:.3f}"),
+            ("format_rate", "well-formed", "{:.3f}"), ("think_tokens", "think tok", "{:.1f}"),
+            ("total_tokens", "total tok", "{:.1f}"))
+
+
+def format_comparison(runs: dict[str, dict]) -> str:
+    """Several eval runs side by side (e.g. before and after RL): per suite and mode, each
+    compared metric once per run, numbered [1], [2], ... in the order given; `-` where a run
+    lacks that suite or mode."""
+    keys = list(dict.fromkeys((s, mode) for m in runs.values() for s, mode, _ in _rows(m)))
+    width = max(len(s) for s, _ in keys) + 2
+    lines = [f"[{i}] {label} (model {m['model']})" for i, (label, m) in enumerate(runs.items(), 1)]
+    lines.append(f"{'suite':{width}s}{'mode':6s}"
+                 + "".join(f"{f'{title} [{i}]':>16s}" for _, title, _ in COMPARED for i in range(1, len(runs) + 1)))
+    for suite, mode in keys:
+        by_run = [(m["all"] if suite == "all" else m["suites"].get(suite, {})).get(mode) for m in runs.values()]
+        lines.append(f"{suite:{width}s}{mode:6s}" + "".join(
+            f"{'-' if r is None else _cell(r, k, f):>16s}" for k, _, f in COMPARED for r in by_run))
+    return "\n".join(lines)
+
+
 def write_plots(metrics: dict, output_dir: str | Path) -> list[Path]:
     """`think_tokens.png` (think-on rate and mean tokens per suite and mode) and
     `accuracy_tokens.png` (accuracy against mean tokens; a line joins each suite's modes)."""
