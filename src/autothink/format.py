@@ -232,7 +232,8 @@ def add_autothink_tokens(tokenizer, model=None) -> int:
         tables = {model.get_input_embeddings().weight, model.get_output_embeddings().weight}
         with torch.no_grad():
             for token, ids in pieces.items():
+                row = tokenizer.convert_tokens_to_ids(token)
                 for table in tables:
-                    table[tokenizer.convert_tokens_to_ids(token)] = table[ids].mean(0)
+                    table[row] = table[ids].mean(0)
     install_chat_template(tokenizer)
     return added

@@ -3,8 +3,9 @@
     backend = make_backend("reference:runs/data/tagged.jsonl")   # or a suite: "reference:gsm_symbolic"
 
 Procedural datasets carry their gold answers, and some a worked solution (`gsm_symbolic`'s
-`answer_cot`; `basic_arithmetic`'s expression is worked out one operation per line). Where no strong model is at hand (the 2-core CPU quickstart), this backend stands
-in for one: asked about a known question, it replies `<worked solution>\\nFinal answer: <gold>`,
+`answer_cot`; `basic_arithmetic`'s expression is worked out one operation per line). Where no
+strong model is at hand (the 2-core CPU quickstart), this backend stands in for one: asked about
+a known question, it replies `<worked solution>\\nFinal answer: <gold>`,
 the convention of the data-stage prompt templates. The question is found as the longest known
 task prompt inside the last user message, so any template that quotes the question works.
 """
