@@ -11,7 +11,7 @@ import threading
 import time
 
 from autothink.format import forced_prefix
-from autothink.llm import Backend, Completion, SamplingParams
+from autothink.inference.backend import Backend, Completion, SamplingParams
 
 TOKEN_RE = re.compile(r"<[a-z_/]+>|[^<\s]+\s*|\s+")
 SCRIPT = ("<judge>Two steps of algebra. </judge><think_on><think>3 x = 36 so x = 36 / 3 = 12 </think>"

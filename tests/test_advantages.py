@@ -5,20 +5,22 @@ import sys
 
 import pytest
 import torch
+from reference import policy_loss
 
 from autothink.algorithms.advantages import (
+    group_normalize,
+    rescale_advantages,
+    sample_entropy,
+)
+from autothink.algorithms.masks import (
     SEG_JUDGE,
     SEG_NONE,
     SEG_RESPONSE,
-    group_normalize,
-    history_resample,
-    policy_loss,
-    rescale_advantages,
-    sample_entropy,
     segment_advantages,
     segment_ids,
-    step_srpo_rewards,
 )
+from autothink.algorithms.rewards import step_srpo_rewards
+from autothink.algorithms.schedule import history_resample
 
 G = 0.5  # gamma
 

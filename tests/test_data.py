@@ -8,17 +8,30 @@ from collections import Counter
 
 import pytest
 
-from autothink.data.agents import Agent, AgentError, Prompts, first_sentences, parse_json_reply, split_final_answer
-from autothink.algorithms import vote_mode
+from autothink.algorithms.rewards import vote_mode
+from autothink.data.agents import (
+    Agent,
+    AgentError,
+    Prompts,
+    first_sentences,
+    parse_json_reply,
+    split_final_answer,
+)
 from autothink.data.coldstart import ColdstartConfig, choose_label, coldstart_record
 from autothink.data.common import StageConfig, load_queries
 from autothink.data.runner import run_records
 from autothink.data.synth import synth_off, synth_on
 from autothink.data.tag import assign_regime, tag_record, validate_tag
 from autothink.format import DIRECTIVES, detect_directive, parse
-from autothink.jsonl import RecordError, write_jsonl
-from autothink.llm import Backend, BackendError, Completion, SamplingParams, make_backend
-from autothink.llm.reference import arithmetic_steps, reference_solution
+from autothink.inference.backend import (
+    Backend,
+    BackendError,
+    Completion,
+    SamplingParams,
+    make_backend,
+)
+from autothink.inference.reference import arithmetic_steps, reference_solution
+from autothink.records.jsonl import RecordError, write_jsonl
 from autothink.tasks import load_suite
 
 PROMPTS = Prompts()

@@ -5,7 +5,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, TrainerCallback
+from reference import uld_loss_aligned
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    TrainerCallback,
+)
 
 from autothink.algorithms.uld import (
     causal_lm_ce,
@@ -14,15 +20,20 @@ from autothink.algorithms.uld import (
     prediction_bounds,
     shift_pairs,
     sorted_probs,
-    uld_loss_aligned,
     uld_loss_sorted,
 )
 from autothink.cli import main
-from autothink.distill import DistillConfig, build_dataset, build_trainer, load_stage1, run_distill
 from autothink.format import THINK_OFF, THINK_ON, add_autothink_tokens
-from autothink.jsonl import RecordError
 from autothink.models import load_tokenizer, tiny_model
-from autothink.mtp import load_mtp, mtp_loss
+from autothink.models.mtp import load_mtp
+from autothink.records.jsonl import RecordError
+from autothink.records.stage1 import load_stage1
+from autothink.training.distill import (
+    DistillConfig,
+    build_dataset,
+    build_trainer,
+    run_distill,
+)
 
 # ----------------------------------------------------------------------------- the loss pieces
 
@@ -116,7 +127,8 @@ def test_mtp_distill_loss_matches_a_loop_reference():
     assert out.loss.item() == pytest.approx(want.item(), rel=1e-10)
     # with w_uld = 0: the main CE plus the MTP module's own (λ/D)·Σ CE_k
     plain = mtp_distill_loss(logits, heads, labels, w_uld=0.0, mtp_weight=0.4)
-    assert plain.loss.item() == pytest.approx((causal_lm_ce(logits, labels) + mtp_loss(heads, labels, 0.4)).item(), rel=1e-12)
+    mtp_ce = sum(causal_lm_ce(x, labels, shift=k + 1) for k, x in enumerate(heads, start=1))
+    assert plain.loss.item() == pytest.approx((causal_lm_ce(logits, labels) + 0.4 / 2 * mtp_ce).item(), rel=1e-12)
     with pytest.raises(ValueError, match="w_uld"):
         mtp_distill_loss(logits, heads, labels, w_uld=1.0)
 

@@ -8,7 +8,7 @@ import pytest
 
 from autothink.cli import main
 from autothink.config import parse_config
-from autothink.eval import (
+from autothink.eval.run import (
     EvalConfig,
     group_metrics,
     overthinking_score,
@@ -17,8 +17,8 @@ from autothink.eval import (
     suite_label,
     tokens_per_correct,
 )
-from autothink.llm import Backend, BackendError, Completion
-from autothink.llm.local import LocalBackend
+from autothink.inference.backend import Backend, BackendError, Completion
+from autothink.inference.local import LocalBackend
 from autothink.models import tiny_model
 from autothink.serve import running_server
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import varied_tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,6 @@ from autothink.format import (
     parse,
     render,
 )
-from helpers import varied_tiny
 
 # Text that holds no AutoThink tag, though it may hold angle brackets and tag-like words.
 plain = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60).filter(

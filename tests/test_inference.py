@@ -12,15 +12,15 @@ from scripted import SCRIPT, Scripted
 
 from autothink.cli import main
 from autothink.format import parse
-from autothink.inference import (
+from autothink.inference.backend import Backend, Completion, SamplingParams
+from autothink.inference.commands import chat
+from autothink.inference.local import LocalBackend
+from autothink.inference.respond import (
     ReasoningSplitter,
-    chat,
     respond,
     respond_stream,
     split_reasoning,
 )
-from autothink.llm import Backend, Completion, SamplingParams
-from autothink.llm.local import LocalBackend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,10 +13,15 @@ import openai
 import pytest
 from helpers import varied_tiny
 
-from autothink.inference import respond
-from autothink.llm import Backend, BackendError, Completion, SamplingParams
-from autothink.llm.http import HTTPBackend
-from autothink.llm.local import LocalBackend
+from autothink.inference.backend import (
+    Backend,
+    BackendError,
+    Completion,
+    SamplingParams,
+)
+from autothink.inference.http import HTTPBackend
+from autothink.inference.local import LocalBackend
+from autothink.inference.respond import respond
 from autothink.serve import create_app, running_server
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -5,8 +5,13 @@ import torch
 from helpers import varied_tiny
 
 from autothink.format import SPECIAL_TOKENS, forced_prefix
-from autothink.llm import Backend, Completion, SamplingParams, make_backend
-from autothink.llm.local import LocalBackend
+from autothink.inference.backend import (
+    Backend,
+    Completion,
+    SamplingParams,
+    make_backend,
+)
+from autothink.inference.local import LocalBackend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -219,7 +224,7 @@ def test_make_backend(tiny_varied, tmp_path):
     assert local.generate(CONVS, greedy) == LocalBackend(model, tok).generate(CONVS, greedy)
     assert isinstance(make_backend(str(tmp_path / "m"), device="cpu"), LocalBackend)  # bare directory
 
-    from autothink.llm.http import HTTPBackend
+    from autothink.inference.http import HTTPBackend
 
     http = make_backend("http://127.0.0.1:9/v1#some-model", max_retries=0)
     assert isinstance(http, HTTPBackend) and http.name == "some-model" and http.base_url == "http://127.0.0.1:9/v1"

@@ -46,8 +46,8 @@ def test_stages_are_wired_to_the_ones_before(tmp_path):
 def test_bad_recipes_fail_before_any_work(tmp_path, stages, message, monkeypatch):
     import importlib
 
-    for module, _, run_name, _ in pipeline.JOBS.values():  # any stage starting would fail the test
-        monkeypatch.setattr(importlib.import_module(module), run_name, lambda *a, **k: pytest.fail("a stage ran"))
+    for job in pipeline.STAGES.values():  # any stage starting would fail the test
+        monkeypatch.setattr(importlib.import_module(job.module), job.run, lambda *a, **k: pytest.fail("a stage ran"))
     with pytest.raises(ValueError, match=message):
         run_recipe(_recipe(tmp_path, {"tag": {"input": "arithmetic"}, **stages}))
     assert not (tmp_path / "run").exists()

@@ -9,31 +9,26 @@ import pytest
 import torch
 import trl
 from helpers import rl_prompt_rows
+from reference import policy_loss
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from autothink.algorithms import (
     SEG_JUDGE,
     SEG_RESPONSE,
     group_normalize,
-    policy_loss,
     segment_advantages,
     segment_ids,
     step_srpo_rewards,
 )
+from autothink.algorithms.schedule import forced_modes
 from autothink.config import parse_config
 from autothink.format import MODE_TOKENS, add_autothink_tokens, forced_prefix, parse
-from autothink.jsonl import RecordError, write_jsonl
 from autothink.models import tiny_model
-from autothink.rl import (
-    RLConfig,
-    StepSRPOTrainer,
-    forced_modes,
-    run_rl,
-    srpo_metrics,
-    to_dataset,
-)
-from autothink.rl_data import read_rl_prompts
+from autothink.records.jsonl import RecordError, write_jsonl
+from autothink.records.rl_prompts import read_rl_prompts
 from autothink.tasks import load_suite
+from autothink.training.rl_metrics import srpo_metrics
+from autothink.training.step_srpo import LOSS_MASK, RLConfig, StepSRPOTrainer, run_rl, to_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -235,7 +230,7 @@ def test_scripted_batch_gets_segment_advantages_of_the_core_functions(policy, pr
                                  [len(tok(forced_prefix(m), add_special_tokens=False).input_ids) if m else 0
                                   for m in modes])
     torch.testing.assert_close(out["advantages"], segment_advantages(segments, a_j, a_a))
-    assert torch.equal(out["tool_mask"].float(), mask)
+    assert torch.equal(out[LOSS_MASK].float(), mask) and "tool_mask" not in out  # TRL's key is left to tools
     # Judge tokens carry the judge advantage, the rest the answer advantage (row 0: unforced, judge != answer).
     assert out["advantages"][0][segments[0] == SEG_JUDGE].unique().tolist() == [pytest.approx(a_j[0].item())]
     assert out["advantages"][0][segments[0] == SEG_RESPONSE].unique().tolist() == [pytest.approx(a_a[0].item())]
@@ -243,7 +238,7 @@ def test_scripted_batch_gets_segment_advantages_of_the_core_functions(policy, pr
     mode_ids = {tok.convert_tokens_to_ids(t) for t in MODE_TOKENS.values()}
     for i, m in enumerate(modes):
         n = len(tok(forced_prefix(m), add_special_tokens=False).input_ids) if m else 0
-        row, loss = out["completion_ids"][i], out["tool_mask"][i]
+        row, loss = out["completion_ids"][i], out[LOSS_MASK][i]
         assert loss[:n].sum() == 0 and loss[n:].sum() == out["completion_mask"][i, n:].sum()
         if m:
             assert row[2].item() in mode_ids and loss[2] == 0

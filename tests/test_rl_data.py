@@ -5,14 +5,12 @@ from itertools import chain
 import pytest
 from helpers import rl_prompt_rows
 
-from autothink.jsonl import RecordError, write_jsonl
-from autothink.rl_data import (
-    PromptSchedule,
-    SRPOSampler,
-    read_rl_prompts,
-    verifier_reward,
-)
+from autothink.algorithms.rewards import verifier_reward
+from autothink.algorithms.schedule import PromptSchedule
+from autothink.records.jsonl import RecordError, write_jsonl
+from autothink.records.rl_prompts import read_rl_prompts
 from autothink.tasks import load_suite
+from autothink.training.step_srpo import SRPOSampler
 
 TASKS = load_suite("arithmetic", n=4)
 
@@ -85,7 +83,7 @@ def test_verifier_reward_scores_every_kind():
     ({"verifier": None}, "no `verifier`"),
     ({"verifier": "astrology"}, "unknown `verifier` 'astrology'"),
     ({"reference": "x = 5"}, "not JSON-encoded"),
-    ({"prompt": []}, "`prompt` must be"),
+    ({"prompt": []}, "field 'prompt' must be"),
     ({"prior_mode": "maybe"}, "`prior_mode`"),
     ({"id": "arithmetic/d1/s0/0"}, "duplicate id"),
 ])

@@ -16,9 +16,9 @@ import uvicorn
 from helpers import varied_tiny
 from scripted import SCRIPT, Scripted
 
-from autothink.llm import Backend, BackendError
-from autothink.llm.local import LocalBackend
-from autothink.serve import DrainingServer, create_app, running_server
+from autothink.inference.backend import Backend, BackendError
+from autothink.inference.local import LocalBackend
+from autothink.serve.app import DrainingServer, create_app, running_server
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

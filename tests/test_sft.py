@@ -9,10 +9,23 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from autothink.config import parse_config
-from autothink.format import MODE_TOKENS, SPECIAL_TOKENS, add_autothink_tokens, forced_prefix, render
-from autothink.jsonl import write_jsonl
+from autothink.format import (
+    MODE_TOKENS,
+    SPECIAL_TOKENS,
+    add_autothink_tokens,
+    forced_prefix,
+    render,
+)
 from autothink.models import tiny_model
-from autothink.sft import SFTConfig, build_trainer, check_packing, data_stats, read_sft_data, run_sft
+from autothink.records.jsonl import write_jsonl
+from autothink.records.sft import read_sft_data
+from autothink.training.sft import (
+    SFTConfig,
+    build_trainer,
+    check_packing,
+    data_stats,
+    run_sft,
+)
 
 
 def _user(text):
@@ -254,9 +267,9 @@ BAD = [
      "messages[1] (assistant) is not a well-formed AutoThink response: missing mode token"),
     ({"id": "q1", "messages": [_user("2+2?"), _bot("4")]}, "missing <judge> segment"),
     ({"id": "q1", "mode": "on", "messages": ROWS[0]["messages"]}, "`mode` is 'on' but the response is think-off"),
-    ({"id": "q1", "prompt": "2+2?", "completion": "4"}, "`messages` must be a non-empty list"),
+    ({"id": "q1", "prompt": "2+2?", "completion": "4"}, "field 'messages' must be a non-empty list"),
     ({"id": "q1", "messages": [_bot(render("off", "4"))]}, "no prompt"),
-    ({"id": "q1", "messages": [{"role": "user"}, _bot(render("off", "4"))]}, "messages[0] must be an object"),
+    ({"id": "q1", "messages": [{"role": "user"}, _bot(render("off", "4"))]}, "field 'messages': message 0 must be an object"),
 ]
 
 

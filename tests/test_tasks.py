@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from autothink.jsonl import RecordError
+from autothink.records.jsonl import RecordError
 from autothink.tasks import SUITES, Task, load_suite, load_tasks, save_tasks
 from autothink.verify import verify
 
@@ -80,7 +80,7 @@ def test_prompt_shorthand_becomes_messages(tmp_path):
         (json.dumps(GOOD | {"id": "q2", "prompt": ""}), r"t\.jsonl:2: field 'prompt' must be a non-empty string"),
         (
             json.dumps({k: v for k, v in GOOD.items() if k != "prompt"} | {"id": "q2", "messages": [{"role": "bot"}]}),
-            r"t\.jsonl:2: field 'messages\[0\]' needs a role",
+            r"t\.jsonl:2: field 'messages': message 0 must be an object with a role",
         ),
     ],
 )

@@ -1,16 +1,20 @@
-"""ULD loss: against a loop reference, gradients, sorting invariance, byte-offset alignment."""
+"""ULD loss: against a loop reference, gradients, sorting invariance, byte-offset pairing of rows."""
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import (
+    byte_offset_alignment,
+    collate_alignments,
+    response_mask,
+    uld_loss_aligned,
+)
 
 from autothink.algorithms import (
-    byte_offset_alignment,
     causal_lm_ce,
-    collate_alignments,
-    distill_loss,
-    response_mask,
+    mtp_distill_loss,
+    sorted_probs,
     uld_loss,
-    uld_loss_aligned,
+    uld_loss_sorted,
 )
 
 
@@ -118,12 +122,11 @@ def test_shape_errors():
         uld_loss(s, t, ms, ms)
     with pytest.raises(ValueError, match=r"\[B, T, V\]"):
         uld_loss(s[0], t, ms, mt)
-    with pytest.raises(ValueError, match=r"shapes do not fit.*student_index \(3, 2\).*teacher_index \(3, 4\)"):
-        uld_loss_aligned(s, t, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match="padding"):
-        uld_loss_aligned(s, t, torch.tensor([[0, -1]] * 3), torch.tensor([[0, 1]] * 3))
+    probs = sorted_probs(t[:, :2])  # (3, 2, 17): two paired rows per sample
+    with pytest.raises(ValueError, match=r"shapes do not fit.*student_index \(3, 4\).*teacher_probs \(3, 2, 17\)"):
+        uld_loss_sorted(s, torch.zeros(3, 4, dtype=torch.long), probs)
     with pytest.raises(ValueError, match=">= T"):
-        uld_loss_aligned(s, t, torch.tensor([[0, 7]] * 3), torch.tensor([[0, 1]] * 3))
+        uld_loss_sorted(s, torch.tensor([[0, 7]] * 3), probs)
 
 
 def test_aligned_equals_ordered_pairing_when_indices_match():
@@ -151,10 +154,14 @@ def test_ce_and_distill_total():
     assert ce.item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-12)
     mask = response_mask(labels)
     assert mask.tolist() == [[True, True, True, True, False], [False, True, True, False, False]]
-    out = distill_loss(s, labels, t, mask, mask, w_ce=0.3, w_uld=2.0)
+    # the trainer's total (no MTP heads): w_ce·CE + w_uld·ULD, the pairs in order
+    student_index, _ = collate_alignments([m.nonzero()[:, 0] for m in mask], [m.nonzero()[:, 0] for m in mask])
+    rows = t[torch.arange(2)[:, None], student_index.clamp(min=0)]
+    probs = sorted_probs(rows) * (student_index >= 0)[..., None]
+    out = mtp_distill_loss(s, [], labels, student_index, probs, w_ce=0.3, w_uld=2.0)
     assert out.uld.item() == pytest.approx(uld_loss(s, t, mask, mask).item())
     assert out.loss.item() == pytest.approx(0.3 * ce.item() + 2.0 * out.uld.item())
-    assert distill_loss(s, labels, t, mask, mask, w_uld=0.0).loss.item() == pytest.approx(ce.item())
+    assert mtp_distill_loss(s, [], labels, w_uld=0.0).loss.item() == pytest.approx(ce.item())
 
 
 # ----------------------------------------------------------------------------- byte offsets

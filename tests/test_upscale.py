@@ -17,7 +17,14 @@ from transformers import (
 )
 
 from autothink.models import tiny_model
-from autothink.upscale import layer_saturation, plan_upscale, plot_saturation, saturation_table, target_depth, upscale
+from autothink.models.upscale import (
+    layer_saturation,
+    plan_upscale,
+    plot_saturation,
+    saturation_table,
+    target_depth,
+    upscale,
+)
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog, then runs far away into the forest.",

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autothink.cli import main
 from autothink.models import tiny_model
-from autothink.upscale import CALIBRATION_TEXTS, UpscaleConfig, calibration_texts
+from autothink.models.upscale import CALIBRATION_TEXTS, UpscaleConfig, calibration_texts
 
 PROBE = ["Solve 3x + 5 = 20.", "The quick brown fox jumps over the lazy dog."]
 

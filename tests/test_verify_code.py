@@ -8,7 +8,12 @@ import pytest
 
 from autothink.format import render
 from autothink.verify import verify
-from autothink.verify.code import extract_program, humaneval_program, humaneval_reference, normalize_output
+from autothink.verify.code import (
+    extract_program,
+    humaneval_program,
+    humaneval_reference,
+    normalize_output,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux namespaces")
 

@@ -19,6 +19,8 @@ THINK_ON, THINK_OFF = "<think_on>", "<think_off>"
 THINK, THINK_END = "<think>", "</think>"
 ANSWER, ANSWER_END = "<answer>", "</answer>"
 SPECIAL_TOKENS = (JUDGE, JUDGE_END, THINK_ON, THINK_OFF, THINK, THINK_END, ANSWER, ANSWER_END)
+MODES: tuple[Mode, ...] = ("on", "off")  # the two regimes
+THINKING: tuple[Thinking, ...] = ("auto", "on", "off")  # the mode controls: the model decides, or a forced mode
 MODE_TOKENS: dict[str, str] = {"on": THINK_ON, "off": THINK_OFF}
 
 _TAG_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
@@ -190,7 +192,7 @@ _THINKING_SUFFIX = (
 
 def forced_prefix(thinking: Thinking) -> str:
     """Text the chat template appends after the generation prompt for `thinking`."""
-    if thinking not in ("auto", "on", "off"):
+    if thinking not in THINKING:
         raise ValueError(f"thinking must be 'auto', 'on' or 'off', got {thinking!r}")
     return _FORCED_PREFIX.get(thinking, "")
 

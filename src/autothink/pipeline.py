@@ -29,14 +29,13 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
-from autothink.cli import JOBS as CLI_JOBS
-from autothink.config import check_options, parse_config
+from autothink.config import JOBS, check_options, parse_config
 
-# stage -> (module, config class, run function, help): the CLI's jobs, data stages without "data "
-JOBS = {name.removeprefix("data "): job for name, job in CLI_JOBS.items()}
+STAGES = {job.stage: job for job in JOBS.values() if job.stage}  # stage name -> its job
 DATA_STAGES = ("tag", "synth", "coldstart")
 MODEL_STAGES = ("upscale", "distill", "sft", "rl")
 TRAINERS = ("distill", "sft", "rl")
@@ -54,9 +53,9 @@ class Stage:
 
 def _job(name: str, where: str) -> str:
     job = name.split(":", 1)[0]
-    if job not in JOBS:
-        close = difflib.get_close_matches(job, list(JOBS), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"stages are {', '.join(JOBS)}"
+    if job not in STAGES:
+        close = difflib.get_close_matches(job, list(STAGES), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"stages are {', '.join(STAGES)}"
         raise ValueError(f"{where}: unknown stage {name!r}; {hint}")
     return job
 
@@ -105,8 +104,7 @@ def load_recipe(path: str | Path) -> tuple[Path, list[Stage]]:
     for name, options in stages.items():
         where = f"{path}: stages.{name}"
         job = _job(str(name), f"{path}: stages")
-        module, config_name, _, _ = JOBS[job]
-        cls = getattr(importlib.import_module(module), config_name)
+        cls = getattr(importlib.import_module(STAGES[job].module), STAGES[job].config)
         options = dict(check_options(options or {}, cls, where))
         default_dir = out / ("data" if job in DATA_STAGES else str(name).replace(":", "-"))
         quiet = {"report_to": "none"} if job in TRAINERS else {}  # no TensorBoard unless the recipe asks
@@ -119,6 +117,18 @@ def load_recipe(path: str | Path) -> tuple[Path, list[Stage]]:
         if job in MODEL_STAGES:
             model = str(merged["output_dir"])
     return out, built
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """`autothink run RECIPE.yaml`: every stage of a recipe, finished stages skipped."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("recipe",)
+    recipe: str = dataclasses.field(metadata={"help": "e.g. recipes/quickstart.yaml"})
+
+
+def run_pipeline(config: RunConfig) -> dict:
+    return run_recipe(config.recipe)
 
 
 def run_recipe(path: str | Path) -> dict:
@@ -142,11 +152,11 @@ def run_recipe(path: str | Path) -> dict:
             print(f"[{i}/{len(stages)}] {stage.name}: done earlier, skipped", flush=True)
             continue
         print(f"[{i}/{len(stages)}] {stage.name} -> {stage.options['output_dir']}", flush=True)
-        module, _, run_name, _ = JOBS[stage.job]
+        job = STAGES[stage.job]
         t0 = time.perf_counter()
-        result = getattr(importlib.import_module(module), run_name)(stage.config)
+        result = getattr(importlib.import_module(job.module), job.run)(stage.config)
         state[stage.name] = {"options": _plain(stage.options), "seconds": round(time.perf_counter() - t0, 1),
-                             "result": _result(result)}
+                             "result": summarize(result)}
         state_path.write_text(json.dumps(state, indent=2) + "\n")
     print(f"run: {len(stages)} stages in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
     return state
@@ -156,7 +166,7 @@ def _plain(options: dict) -> dict:
     return json.loads(json.dumps(options, default=str))
 
 
-def _result(result) -> object:
+def summarize(result) -> object:
     """A short, JSON-able account of a job's result (record counts, a path, top-level numbers)."""
     if isinstance(result, list):
         return {"records": len(result), **Counter(r.get("status", "ok") for r in result)}

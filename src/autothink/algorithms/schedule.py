@@ -1,178 +1,107 @@
-"""Step-SRPO data: the RL prompts file, the verifier reward, and the SRPO prompt schedule.
+"""Which prompts and rollouts each Step-SRPO batch gets: the SRPO schedule and forced modes.
 
-- `read_rl_prompts` reads `rl_prompts.jsonl` (`autothink data coldstart` writes it): rows
-  `{"id", "prompt": [messages], "verifier", "reference": <JSON-encoded string>, "difficulty",
-  "domain", "prior_mode"}`. A row without a verifier or reference, or with a reference that is
-  not JSON, is an error naming the file, the line and the id (nothing is skipped).
-- `verifier_reward` is a plain TRL reward function (`f(completions, **columns) -> list[float]`)
-  over `autothink.verify`: 1.0 when the completion's answer passes its verifier.
 - `PromptSchedule` decides which prompts each generation batch gets: SRPO stage 1 (reasoning-
   heavy prompts only) for a number of batches, then the full mix in epochs, each epoch after
-  the first keeping only the prompts that still carry a learning signal (history resampling).
-  `SRPOSampler` turns it into the index stream TRL's dataloader expects (each prompt repeated
-  G times, each batch repeated for `num_iterations × steps_per_generation` micro-steps), like
-  TRL's `RepeatSampler`. The schedule is deterministic given the seed and its recorded
-  decisions, so a resumed run replays the same order.
+  the first keeping only the prompts that still carry a learning signal (`history_resample`).
+  It is deterministic given the seed and its recorded decisions, so a resumed run replays the
+  same order.
+- `forced_modes` picks the rollouts of each group whose mode is forced (half on, half off).
+
+Pure python: no torch, no trainer state.
 """
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import os
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
-from torch.utils.data import Sampler
-
-from autothink.algorithms import history_resample
-from autothink.jsonl import RecordError, read_jsonl
+from autothink.format import MODES
 
 logger = logging.getLogger(__name__)
 
-MODES = ("on", "off")
+
+def forced_modes(n_local: int, process_index: int, group_size: int, fraction: float, seed: int,
+                 step: int) -> list[str | None]:
+    """The forced mode ("on"/"off") or None of each local rollout.
+
+    Rollouts are numbered globally (process_index · n_local + i, TRL's layout) and grouped by
+    G = `group_size` in a row. In a group, the last n rollouts are forced, n = ⌊ρG⌋ plus one
+    with probability frac(ρG); they alternate on/off from a random first mode. Randomness is
+    seeded by (seed, step, group), so a resumed run draws the same.
+
+    >>> forced_modes(8, 0, 4, 0.5, seed=0, step=0)[:4].count(None)
+    2
+    """
+    out = []
+    for i in range(n_local):
+        g, pos = divmod(process_index * n_local + i, group_size)
+        rng = random.Random(f"{seed}:{step}:{g}")
+        whole, frac = divmod(fraction * group_size, 1.0)
+        n = int(whole) + (rng.random() < frac)
+        first = rng.randrange(2)
+        k = pos - (group_size - n)  # index among the group's forced rollouts
+        out.append(MODES[(first + k) % 2] if k >= 0 else None)
+    return out
 
 
-# --------------------------------------------------------------------------- the prompts file
+def history_resample(
+    prompt_ids: Sequence[Hashable],
+    rewards_per_prompt: Mapping[Hashable, Sequence],
+    keep_unsolved: bool = False,
+    tol: float = 1e-6,
+) -> list:
+    """SRPO history resampling: the prompts of the next epoch.
 
+    After an epoch, a prompt whose every rollout got the same rewards gave zero advantage
+    everywhere (no learning signal) and is dropped. "The same rewards" means every component
+    equal across its rollouts (within `tol`): for Step-SRPO pass `(r_J, r_A)` per rollout, so
+    a prompt is dropped only when all its r_J are identical AND all its r_A are identical
+    (e.g. every rollout correct in the correct mode). SRPO (Zhang et al. 2025) keeps the
+    all-failed prompts, which may become solvable later; `keep_unsolved=True` does that: an
+    identical prompt is kept when its answer reward (the scalar, or the last component of a
+    tuple) is 0.
 
-def _check_record(record: dict) -> str | None:
-    """What is wrong with one RL prompt row, or None when it is usable."""
-    from autothink.verify import VERIFIERS
-
-    rid = record.get("id")
-    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
-        return "`id` must be a non-empty string"
-    prompt = record.get("prompt")
-    if isinstance(prompt, str) and prompt.strip():
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not prompt:
-        return "`prompt` must be a non-empty list of {role, content} messages (or a string)"
-    for i, message in enumerate(prompt):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            return f"prompt[{i}] must be an object with string `role` and `content`"
-    if not any(m["role"] == "user" for m in prompt):
-        return "`prompt` has no user message"
-    if prompt[-1]["role"] == "assistant":
-        return "`prompt` ends with an assistant message; RL prompts end with the user's turn"
-    if record.get("verifier") is None:
-        return "no `verifier`: RL prompts need a verifier kind and a reference to be rewarded"
-    if record["verifier"] not in VERIFIERS:
-        return f"unknown `verifier` {record['verifier']!r}; known kinds: {', '.join(sorted(VERIFIERS))}"
-    if record.get("reference") is None:
-        return "no `reference`: RL prompts need a reference answer for their verifier"
-    if isinstance(record["reference"], str):
-        try:
-            json.loads(record["reference"])
-        except json.JSONDecodeError:
-            return (f"`reference` {record['reference'][:60]!r} is not JSON-encoded; write json.dumps(reference) "
-                    "(as `autothink data coldstart` does), e.g. \"\\\"42\\\"\" for the string 42")
-    difficulty = record.get("difficulty")
-    if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, (int, float))):
-        return f"`difficulty` must be a number or null, got {difficulty!r}"
-    if record.get("prior_mode") not in (*MODES, None):
-        return f"`prior_mode` must be 'on', 'off' or null, got {record.get('prior_mode')!r}"
-    if record.get("domain") is not None and not isinstance(record["domain"], str):
-        return f"`domain` must be a string or null, got {record['domain']!r}"
-    return None
-
-
-def read_rl_prompts(path: str | os.PathLike) -> list[dict]:
-    """Rows of an RL prompts file, checked and normalised.
+    Args:
+        prompt_ids: the epoch's prompts, in order.
+        rewards_per_prompt: prompt id -> its rollouts' rewards (floats or tuples like
+            (r_J, r_A)) collected over the epoch. Prompts absent from it (or with fewer than
+            two rollouts) are kept: there is no evidence against them.
+        keep_unsolved: keep prompts whose rollouts all scored 0 on the answer reward.
+        tol: absolute tolerance of "same".
 
     Returns:
-        `[{"id": str, "prompt": [messages], "verifier": str, "reference": str (JSON),
-        "difficulty": float | None, "domain": str, "prior_mode": "on" | "off" | None}]` in
-        file order (the reference stays JSON-encoded: one string column, whatever its kind).
+        The kept prompt ids, in the order of `prompt_ids`.
 
-    Raises:
-        FileNotFoundError: no such file.
-        RecordError (a ValueError): invalid JSON or a bad row; names the file, the line and
-            the record id of the first bad row, what is wrong, and how many more there are.
-        ValueError: no rows.
+    >>> history_resample(["a", "b", "c"], {"a": [(1, 1), (1, 1)], "b": [(1, 1), (0, .5)]})
+    ['b', 'c']
     """
-    rows, bad, seen = [], [], {}
-    for line, record in read_jsonl(path):
-        problem = _check_record(record)
-        rid = str(record.get("id"))
-        if problem is None and rid in seen:
-            problem = f"duplicate id (first at line {seen[rid]})"
-        if problem:
-            bad.append((line, record.get("id"), problem))
-            continue
-        seen[rid] = line
-        prompt = record["prompt"]
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        reference = record["reference"]
-        rows.append({
-            "id": rid,
-            "prompt": [{"role": m["role"], "content": m["content"]} for m in prompt],
-            "verifier": record["verifier"],
-            "reference": reference if isinstance(reference, str) else json.dumps(reference),
-            "difficulty": None if record.get("difficulty") is None else float(record["difficulty"]),
-            "domain": record.get("domain") or "unknown",
-            "prior_mode": record.get("prior_mode"),
-        })
-    if bad:
-        line, rid, problem = bad[0]
-        more = (f" ({len(bad) - 1} more bad records, at lines {', '.join(str(b[0]) for b in bad[1:6])}"
-                f"{', ...' if len(bad) > 6 else ''})") if len(bad) > 1 else ""
-        raise RecordError(path, line, f"record {rid!r}: {problem}{more}")
-    if not rows:
-        raise ValueError(f"{path}: no RL prompts")
-    return rows
+    kept = []
+    for pid in prompt_ids:
+        rows = [tuple(r) if isinstance(r, (tuple, list)) else (float(r),)
+                for r in rewards_per_prompt.get(pid, ())]
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError(f"prompt {pid!r}: rollouts have rewards of different lengths")
+        same = len(rows) >= 2 and all(
+            math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=tol)
+            for r in rows[1:]
+            for a, b in zip(r, rows[0])
+        )
+        unsolved = bool(rows) and abs(float(rows[0][-1])) <= tol
+        if not same or (keep_unsolved and unsolved):
+            kept.append(pid)
+    return kept
+
+
+# ---------------------------------------------------------------------------------------
+# Token-level clipped surrogate
+# ---------------------------------------------------------------------------------------
 
 
 def is_reasoning_heavy(row: dict, min_difficulty: float) -> bool:
     """SRPO stage-1 data: prompts whose prior label is think-on or whose difficulty is at least `min_difficulty`."""
     return row.get("prior_mode") == "on" or (row.get("difficulty") is not None and row["difficulty"] >= min_difficulty)
-
-
-# --------------------------------------------------------------------------- the reward
-
-
-def completion_text(completion: Any) -> str:
-    """The text of a TRL completion: a string, or a conversational `[{"role": "assistant", "content"}]`."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        return "".join(m.get("content") or "" for m in completion if isinstance(m, dict))
-    return str(completion)
-
-
-def verifier_reward(completions: list, verifier: list[str], reference: list[str], **kwargs) -> list[float]:
-    """TRL reward function: 1.0 when `autothink.verify` passes the completion, else 0.0.
-
-    Dataset columns arrive as keyword arguments (TRL): `verifier` (the kind) and `reference`
-    (JSON-encoded) per completion; the answer is extracted from the completion (its `<answer>`
-    segment). A verifier that raises (a broken reference) scores 0 with a warning naming the
-    record, and is counted in the `verify_errors` metric when TRL passes `log_metric`.
-
-    >>> verifier_reward(["<answer>B</answer>", "<answer>C</answer>"], ["choice"] * 2, ['"B"'] * 2)
-    [1.0, 0.0]
-    """
-    from autothink.verify import verify
-
-    ids = kwargs.get("id") or [None] * len(completions)
-    scores, errors = [], 0
-    for completion, kind, ref, rid in zip(completions, verifier, reference, ids):
-        try:
-            verdict = verify(kind, completion_text(completion), json.loads(ref) if isinstance(ref, str) else ref)
-            scores.append(float(verdict.passed))
-        except Exception as err:  # noqa: BLE001 - a bad reference must not kill a long run; it is reported instead
-            logger.warning("verifier %r failed on record %r: %s: %s", kind, rid, err.__class__.__name__, err)
-            scores.append(0.0)
-            errors += 1
-    if "log_metric" in kwargs:
-        kwargs["log_metric"]("srpo/verify_errors", float(errors))
-    return scores
-
-
-# --------------------------------------------------------------------------- the SRPO schedule
 
 
 def _shuffled(items: Sequence, key: str, shuffle: bool) -> list:
@@ -280,24 +209,3 @@ class PromptSchedule:
         self.last_rewards = {k: [list(r) for r in v] for k, v in state.get("last_rewards", {}).items()}
 
 
-class SRPOSampler(Sampler[int]):
-    """Indices for TRL's GRPO dataloader from a `PromptSchedule` (the layout of TRL's `RepeatSampler`).
-
-    Each generation batch of the schedule is yielded `repeat_count` times (TRL generates once
-    per `num_iterations × steps_per_generation` micro-steps and ignores the repeats' content),
-    each prompt `group_size` times in a row. Finite: `num_batches` generation batches.
-    """
-
-    def __init__(self, schedule: PromptSchedule, group_size: int, repeat_count: int, num_batches: int):
-        self.schedule, self.group_size, self.repeat_count, self.num_batches = (
-            schedule, group_size, repeat_count, num_batches)
-
-    def __len__(self) -> int:
-        return self.num_batches * self.schedule.prompts_per_batch * self.repeat_count * self.group_size
-
-    def __iter__(self) -> Iterator[int]:
-        for _, batch in zip(range(self.num_batches), self.schedule.batches()):
-            for _ in range(self.repeat_count):
-                for index in batch:
-                    for _ in range(self.group_size):
-                        yield index

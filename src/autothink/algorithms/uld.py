@@ -6,21 +6,17 @@ distance between the two sorted vectors is the loss. Sorting forgets which token
 probability, so only the *shape* of the teacher's distribution is transferred; that is what makes
 it work across tokenizers.
 
-Two ways to pair positions (DESIGN §4):
+- `uld_loss`: the loss with positions paired by order. Per sample, the first m = min(#student,
+  #teacher) response positions are paired in order (the paper's choice).
+- For training (`autothink distill`): `prediction_bounds` + `pair_rows` pair the prediction rows
+  of a response by order or by byte offsets (rows that have read the same bytes of the text
+  predict the same thing, across tokenizers), `sorted_probs` turns teacher logits into sorted
+  (optionally top-k) probabilities once, `uld_loss_sorted` scores student logits against them,
+  `shift_pairs` moves the pairs to an MTP head, and `mtp_distill_loss` is the total over the
+  main and MTP heads (the MTP CE sum included).
 
-- `uld_loss`: by order. Per sample, the first m = min(#student, #teacher) response positions
-  are paired in order (the paper's choice; right when both models tokenized the same response
-  with similar tokenizers, or when the two sequences are the same tokens).
-- `byte_offset_alignment` + `uld_loss_aligned`: by byte offsets. A student position and a
-  teacher position are paired when their tokens end at the same byte of the same text, so both
-  logits predict what follows the same byte boundary.
-
-For training (`autothink.distill`): `prediction_bounds` + `pair_rows` pair the rows of a
-response in either way, `sorted_probs` turns teacher logits into sorted (optionally top-k)
-probabilities once, `uld_loss_sorted` scores student logits against them, `shift_pairs` moves
-the pairs to an MTP head, and `mtp_distill_loss` is the total over the main and MTP heads.
-
-Everything here is plain torch (no TRL); shapes are in the docstrings.
+Everything here is plain torch (no TRL); shapes are in the docstrings. `tests/reference.py` holds
+the loop-level reference computations the tests compare these with.
 """
 from __future__ import annotations
 
@@ -159,61 +155,6 @@ def uld_loss(
     return _batch_mean(per_pair, sample, student_logits.shape[0], student_logits)
 
 
-def uld_loss_aligned(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    student_index: torch.Tensor,
-    teacher_index: torch.Tensor,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """ULD loss on explicitly paired positions (e.g. from `byte_offset_alignment`).
-
-    Pair p of sample b compares `student_logits[b, student_index[b, p]]` with
-    `teacher_logits[b, teacher_index[b, p]]`; entries equal to -1 are padding. Reduction as in
-    `uld_loss`: mean over a sample's pairs, then mean over samples with at least one pair.
-
-    Args:
-        student_logits: `[B, Ts, Vs]` (or `[Ts, Vs]` for one sample).
-        teacher_logits: `[B, Tt, Vt]` (or `[Tt, Vt]`).
-        student_index: `[B, N]` long (or `[N]`), positions into Ts, -1 = no pair.
-        teacher_index: `[B, N]` long (or `[N]`), positions into Tt, -1 where student_index is.
-        temperature: softmax temperature (> 0).
-
-    Returns:
-        A scalar tensor in [0, 2].
-
-    Raises:
-        ValueError: shapes that do not fit together (named with their shapes), padding that
-            differs between the two index tensors, or an index out of range.
-    """
-    if student_logits.dim() == 2 and teacher_logits.dim() == 2 and student_index.dim() == 1:
-        student_logits, teacher_logits = student_logits[None], teacher_logits[None]
-        student_index, teacher_index = student_index[None], teacher_index[None]
-    _check_logits("student_logits", student_logits)
-    _check_logits("teacher_logits", teacher_logits)
-    b = student_logits.shape[0]
-    if teacher_logits.shape[0] != b or student_index.shape != teacher_index.shape or (
-        student_index.dim() != 2 or student_index.shape[0] != b
-    ):
-        raise ValueError(
-            "shapes do not fit: student_logits "
-            f"{tuple(student_logits.shape)}, teacher_logits {tuple(teacher_logits.shape)}, "
-            f"student_index {tuple(student_index.shape)}, teacher_index {tuple(teacher_index.shape)} "
-            "(want [B, Ts, Vs], [B, Tt, Vt], [B, N], [B, N])"
-        )
-    valid = student_index >= 0
-    if not torch.equal(valid, teacher_index >= 0):
-        raise ValueError("student_index and teacher_index must have their -1 padding at the same places")
-    for name, index, logits in (("student", student_index, student_logits), ("teacher", teacher_index, teacher_logits)):
-        if valid.any() and int(index[valid].max()) >= logits.shape[1]:
-            raise ValueError(f"{name}_index has position {int(index[valid].max())} >= T = {logits.shape[1]}")
-    sample, pair = valid.nonzero(as_tuple=True)  # (N,), (N,)
-    s_rows = student_logits[sample, student_index[sample, pair]]  # (N, Vs)
-    t_rows = teacher_logits[sample, teacher_index[sample, pair]]  # (N, Vt)
-    per_pair = _sorted_l1(s_rows, t_rows, temperature)
-    return _batch_mean(per_pair, sample, b, student_logits)
-
-
 def uld_loss_sorted(
     student_logits: torch.Tensor,
     student_index: torch.Tensor,
@@ -226,7 +167,7 @@ def uld_loss_sorted(
     with `teacher_probs[b, p]`. When the teacher rows hold only its top-k probabilities (see
     `sorted_probs`), the omitted tail counts as zeros: the loss is the L1 over the teacher's
     top-k mass, sum_{r<=k} |p_s(r) - p_t(r)| + sum_{r>k} p_s(r), which never sees the teacher's
-    missing tail (1 - its top-k mass). With k = the full vocabulary it equals `uld_loss_aligned`.
+    missing tail (1 - its top-k mass). With k = the full vocabulary it is the loss against the live teacher.
     Reduction as in `uld_loss`.
 
     Args:
@@ -325,62 +266,6 @@ def causal_lm_ce(logits: torch.Tensor, labels: torch.Tensor, shift: int = 1) -> 
     return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX, reduction="sum") / n
 
 
-def response_mask(labels: torch.Tensor, shift: int = 1) -> torch.Tensor:
-    """The logit positions that predict a labelled token: `mask[:, i] = labels[:, i + shift] != -100`.
-
-    Args:
-        labels: `[B, T]` (Hugging Face convention, -100 = no loss).
-    Returns:
-        `[B, T]` bool; the last `shift` positions are False.
-    """
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    if shift < labels.shape[1]:
-        mask[:, : labels.shape[1] - shift] = labels[:, shift:] != IGNORE_INDEX
-    return mask
-
-
-@dataclass
-class DistillLoss:
-    """The weighted total and its parts (detached copies of the parts are for logging)."""
-
-    loss: torch.Tensor
-    ce: torch.Tensor
-    uld: torch.Tensor
-
-
-def distill_loss(
-    student_logits: torch.Tensor,
-    labels: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    student_mask: torch.Tensor,
-    teacher_mask: torch.Tensor,
-    w_ce: float = 1.0,
-    w_uld: float = 1.0,
-    temperature: float = 1.0,
-) -> DistillLoss:
-    """total = w_ce · CE(student, labels) + w_uld · ULD(student, teacher) (DESIGN §4).
-
-    Args:
-        student_logits: `[B, Ts, Vs]`. labels: `[B, Ts]`, -100 = no CE loss (HF convention).
-        teacher_logits: `[B, Tt, Vt]`. student_mask / teacher_mask: `[B, Ts]` / `[B, Tt]`, as
-            in `uld_loss` (see `response_mask` to derive the student's from `labels`).
-        w_ce, w_uld: weights; a zero weight skips that term's computation.
-
-    Returns:
-        `DistillLoss(loss, ce, uld)`.
-
-    >>> s, t = torch.randn(1, 4, 8), torch.randn(1, 4, 9)
-    >>> labels = torch.tensor([[-100, 1, 2, 3]])
-    >>> out = distill_loss(s, labels, t, response_mask(labels), response_mask(labels))
-    >>> bool(torch.isclose(out.loss, out.ce + out.uld))
-    True
-    """
-    zero = student_logits.sum() * 0.0
-    ce = causal_lm_ce(student_logits, labels) if w_ce else zero
-    uld = uld_loss(student_logits, teacher_logits, student_mask, teacher_mask, temperature) if w_uld else zero
-    return DistillLoss(loss=w_ce * ce + w_uld * uld, ce=ce, uld=uld)
-
-
 @dataclass
 class MTPDistillLoss:
     """The weighted total and its parts: main-head CE and ULD, and the MTP heads' mean CE and ULD."""
@@ -458,28 +343,11 @@ def mtp_distill_loss(
 # --------------------------------------------------------------------------- byte-offset alignment
 
 
-@dataclass
-class ByteAlignment:
-    """Positions of two tokenizations of one text whose tokens end at the same byte.
-
-    `student_index[p]` and `teacher_index[p]` are token positions (in `student_ids` and
-    `teacher_ids`) whose tokens both end at byte `byte_ends[p]` of the UTF-8 text; the logits at
-    those positions both predict what follows that byte. All are `[N]` long tensors; the last
-    pair is the end of the text (its logits predict beyond it; drop it if unwanted).
-    """
-
-    student_ids: list[int]
-    teacher_ids: list[int]
-    student_index: torch.Tensor
-    teacher_index: torch.Tensor
-    byte_ends: torch.Tensor
-
-
 def _tokenizer_name(tokenizer) -> str:
     return f"{type(tokenizer).__name__}({getattr(tokenizer, 'name_or_path', '') or '?'})"
 
 
-def _token_byte_ends(text: str, tokenizer) -> tuple[list[int], list[int | None]]:
+def token_byte_ends(text: str, tokenizer) -> tuple[list[int], list[int | None]]:
     """Token ids and, per token, the byte offset where it truly ends (None when it does not
     end on a character boundary of its own, e.g. the first half of a split multi-byte char)."""
     if not getattr(tokenizer, "is_fast", False):
@@ -506,60 +374,6 @@ def _token_byte_ends(text: str, tokenizer) -> tuple[list[int], list[int | None]]
     return ids, ends
 
 
-def byte_offset_alignment(text: str, student_tokenizer, teacher_tokenizer) -> ByteAlignment:
-    """Pair the student and teacher token positions of `text` that end at the same byte offset.
-
-    Both tokenizers encode `text` without special tokens; character offsets from their offset
-    mappings are converted to UTF-8 byte offsets. When several tokens of one side report the
-    same end (a multi-byte character split across tokens), only the token that completes the
-    character counts.
-
-    Args:
-        text: the text both models read (e.g. the response).
-        student_tokenizer, teacher_tokenizer: fast (Rust-backed) Hugging Face tokenizers.
-
-    Returns:
-        `ByteAlignment` with the two id lists and the paired positions.
-
-    Raises:
-        ValueError: a tokenizer is not fast or cannot give offsets (the message names it).
-
-    >>> # a = byte_offset_alignment("naïve café", smollm2_tok, gemma_tok)
-    >>> # uld_loss_aligned(s_logits[0], t_logits[0], a.student_index, a.teacher_index)
-    """
-    s_ids, s_ends = _token_byte_ends(text, student_tokenizer)
-    t_ids, t_ends = _token_byte_ends(text, teacher_tokenizer)
-    teacher_at = {end: j for j, end in enumerate(t_ends) if end is not None}
-    pairs = [(i, teacher_at[end], end) for i, end in enumerate(s_ends) if end is not None and end in teacher_at]
-    cols = list(zip(*pairs)) if pairs else [(), (), ()]
-    as_long = lambda xs: torch.tensor(list(xs), dtype=torch.long)  # noqa: E731
-    return ByteAlignment(s_ids, t_ids, as_long(cols[0]), as_long(cols[1]), as_long(cols[2]))
-
-
-def collate_alignments(
-    student_index: Sequence[torch.Tensor], teacher_index: Sequence[torch.Tensor], offsets: Sequence[tuple[int, int]] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack per-sample index vectors into `[B, N]` tensors padded with -1 for `uld_loss_aligned`.
-
-    Args:
-        student_index, teacher_index: per sample, `[N_b]` positions.
-        offsets: per sample, `(student_offset, teacher_offset)` added to the positions (e.g. the
-            prompt lengths when the aligned text is the response after a prompt).
-    """
-    if len(student_index) != len(teacher_index):
-        raise ValueError(f"{len(student_index)} student index vectors but {len(teacher_index)} teacher ones")
-    n = max([len(x) for x in student_index] + [0])
-    s = torch.full((len(student_index), n), -1, dtype=torch.long)
-    t = torch.full((len(student_index), n), -1, dtype=torch.long)
-    for b, (si, ti) in enumerate(zip(student_index, teacher_index)):
-        if len(si) != len(ti):
-            raise ValueError(f"sample {b}: {len(si)} student positions but {len(ti)} teacher positions")
-        so, to = offsets[b] if offsets is not None else (0, 0)
-        s[b, : len(si)] = torch.as_tensor(si, dtype=torch.long) + so
-        t[b, : len(ti)] = torch.as_tensor(ti, dtype=torch.long) + to
-    return s, t
-
-
 def prediction_bounds(text: str, tokenizer) -> tuple[list[int], list[int]]:
     """Token ids of `text` and, per prediction row, the byte offset the predicted token starts at.
 
@@ -578,7 +392,7 @@ def prediction_bounds(text: str, tokenizer) -> tuple[list[int], list[int]]:
     Raises:
         ValueError: the tokenizer is not fast or cannot give offsets.
     """
-    ids, ends = _token_byte_ends(text, tokenizer)
+    ids, ends = token_byte_ends(text, tokenizer)
     return ids, [0] + [-1 if end is None else end for end in ends]
 
 

@@ -10,7 +10,7 @@ from string import Template
 from typing import Any, Callable
 
 from autothink.format import SPECIAL_TOKENS
-from autothink.llm import Backend, SamplingParams
+from autothink.inference.backend import Backend, SamplingParams
 
 TEMPLATE_NAMES = (
     "tagger", "think_off", "think_on", "solver", "thinker", "critic", "judge_select", "judge_rationale"

@@ -18,12 +18,24 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autothink.algorithms.advantages import vote_mode
-from autothink.data.agents import Prompts, first_sentences, split_final_answer, strip_tags
-from autothink.data.common import Backends, StageConfig, agent_factory, as_task, check, load_tagged
+from autothink.algorithms.rewards import vote_mode
+from autothink.data.agents import (
+    Prompts,
+    first_sentences,
+    split_final_answer,
+    strip_tags,
+)
+from autothink.data.common import (
+    Backends,
+    StageConfig,
+    agent_factory,
+    as_task,
+    check,
+    load_tagged,
+)
 from autothink.data.runner import record_seed, run_records
 from autothink.format import DIRECTIVES, render
-from autothink.jsonl import write_jsonl
+from autothink.records.jsonl import write_jsonl
 
 
 def choose_label(record_id: str, p_on: float | None, p_off: float | None, prior: str, delta: float,

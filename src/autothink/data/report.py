@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from autothink.jsonl import read_jsonl
+from autothink.records.jsonl import read_jsonl
 
 STAGE_FILES = {"synth": "synth.records.jsonl", "coldstart": "coldstart.records.jsonl"}
 
@@ -99,3 +100,15 @@ def write_report(output_dir: str | Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+@dataclass
+class ReportConfig:
+    """`autothink data report`: what the data stages in `output_dir` produced."""
+
+    output_dir: str = field(default="runs/data", metadata={"help": "the data stages' output dir"})
+
+
+def run_report(config: ReportConfig) -> str:
+    """Write the report; returns the path of `report.md`."""
+    return str(write_report(config.output_dir))

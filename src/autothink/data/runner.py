@@ -17,31 +17,13 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from autothink.jsonl import RecordError, read_jsonl, write_jsonl
+from autothink.records.jsonl import load_done, write_jsonl
 
 
 def record_seed(*parts: Any) -> int:
     """A stable 31-bit seed from a record id and a role, the same on every run and machine."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def load_done(path: Path) -> dict[str, dict]:
-    """Records already written, by id; a torn last line (killed mid-write) is cut off."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    done = {}
-    try:
-        for _, record in read_jsonl(path):
-            done[record["id"]] = record
-    except (RecordError, KeyError) as err:
-        raise RecordError(path, 0, f"cannot resume from this output file ({err}); move it away to start over") from err
-    return done
 
 
 def run_records(

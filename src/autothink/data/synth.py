@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autothink.data.agents import AgentError, Prompts, split_final_answer, strip_tags
-from autothink.data.common import Backends, StageConfig, agent_factory, as_task, check, load_tagged
+from autothink.data.common import (
+    Backends,
+    StageConfig,
+    agent_factory,
+    as_task,
+    check,
+    load_tagged,
+)
 from autothink.data.runner import record_seed, run_records
 from autothink.format import ANSWER, ANSWER_END, THINK, THINK_END, THINK_OFF, THINK_ON
-from autothink.jsonl import write_jsonl
+from autothink.records.jsonl import write_jsonl
 
 
 @dataclass

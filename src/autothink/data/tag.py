@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autothink.data.agents import Agent, AgentError, Prompts
-from autothink.data.common import Backends, StageConfig, agent_factory, as_task, load_queries
+from autothink.data.common import (
+    Backends,
+    StageConfig,
+    agent_factory,
+    as_task,
+    load_queries,
+)
 from autothink.data.runner import record_seed, run_records
 from autothink.tasks import DOMAINS
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 MODE_COLORS = {"auto": "#4C72B0", "on": "#C44E52", "off": "#55A868"}
 # (metrics key, column title, format) of every table.
@@ -167,3 +170,27 @@ def write_report(metrics: dict, config: dict, plots: list[Path], path: str | Pat
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+@dataclass
+class CompareConfig:
+    """`autothink eval compare RUN...`: eval runs side by side, e.g. before and after RL."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("runs",)
+    runs: list[str] = field(metadata={
+        "help": "output dirs of `autothink eval` (each holds metrics.json)"})
+
+
+def run_compare(config: CompareConfig) -> None:
+    """Print the runs' metrics side by side.
+
+    Raises:
+        FileNotFoundError: a run without `metrics.json`.
+    """
+    runs = {}
+    for run in config.runs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no metrics.json (not an `autothink eval` output dir, or unfinished)")
+        runs[run] = json.loads(path.read_text())
+    print(format_comparison(runs))

@@ -19,10 +19,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autothink.data.runner import load_done, record_seed
-from autothink.format import forced_prefix, install_chat_template, parse, render
-from autothink.jsonl import write_jsonl
-from autothink.llm import THINKING_VALUES, Backend, BackendError, SamplingParams, make_backend
+from autothink.data.runner import record_seed
+from autothink.format import (
+    THINKING,
+    forced_prefix,
+    install_chat_template,
+    parse,
+    render,
+)
+from autothink.inference.backend import (
+    Backend,
+    BackendError,
+    SamplingParams,
+    make_backend,
+)
+from autothink.records.jsonl import load_done, write_jsonl
 from autothink.tasks import SUITES, Task, load_suite, parse_suite
 from autothink.verify import verify_many
 
@@ -92,8 +103,8 @@ class EvalConfig:
                              f"{self.top_p}")
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("EvalConfig.samples > 1 needs temperature > 0: greedy samples are identical")
-        if not self.modes or not set(self.modes) <= set(THINKING_VALUES) or len(set(self.modes)) < len(self.modes):
-            raise ValueError(f"EvalConfig.modes must be distinct values of {', '.join(THINKING_VALUES)}; "
+        if not self.modes or not set(self.modes) <= set(THINKING) or len(set(self.modes)) < len(self.modes):
+            raise ValueError(f"EvalConfig.modes must be distinct values of {', '.join(THINKING)}; "
                              f"got {self.modes}")
         if not self.suites:
             raise ValueError("EvalConfig.suites is empty")
@@ -264,7 +275,7 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
     Returns:
         The contents of `metrics.json`.
     """
-    from autothink.eval_report import format_table, write_plots, write_report
+    from autothink.eval.report import format_table, write_plots, write_report
     from autothink.models import load_tokenizer
 
     suites = load_suites(config)

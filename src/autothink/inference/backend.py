@@ -21,8 +21,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from autothink.format import THINKING
+
 Conversation = list[dict]
-THINKING_VALUES = ("auto", "on", "off")
 
 
 class BackendError(RuntimeError):
@@ -87,7 +88,7 @@ class Completion:
 
 
 def check_thinking(thinking: str | None) -> None:
-    if thinking is not None and thinking not in THINKING_VALUES:
+    if thinking is not None and thinking not in THINKING:
         raise ValueError(f"thinking must be None, 'auto', 'on' or 'off', got {thinking!r}")
 
 
@@ -187,16 +188,15 @@ def make_backend(spec: str, **options) -> Backend:
         raise ValueError(f"backend spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
     if spec.startswith("reference:"):
+        from autothink.inference.reference import ReferenceBackend
         from autothink.tasks import load_tasks
-
-        from .reference import ReferenceBackend
 
         path = spec[len("reference:"):]
         if not path:
             raise ValueError("backend spec 'reference:' needs a tasks JSONL file, e.g. 'reference:runs/data/tagged.jsonl'")
         return ReferenceBackend(load_tasks(path, ignore_extra=True), name=spec)
     if spec.startswith(("http://", "https://")):
-        from .http import HTTPBackend
+        from autothink.inference.http import HTTPBackend
 
         url, _, model = spec.partition("#")
         if model and options.get("model") not in (None, model):
@@ -204,7 +204,7 @@ def make_backend(spec: str, **options) -> Backend:
         if model:
             options["model"] = model
         return HTTPBackend(url, **options)
-    from .local import LocalBackend
+    from autothink.inference.local import LocalBackend
 
     name = spec[len("local:"):] if spec.startswith("local:") else spec
     if not name:
@@ -220,21 +220,3 @@ def make_backend(spec: str, **options) -> Backend:
             f"unknown backend spec {spec!r}: use 'local:<model name or dir>' or an http(s):// URL ({err})"
         ) from None
     return LocalBackend.from_pretrained(name, **options)
-
-
-def __getattr__(name):  # lazy: importing the interface must not import torch or openai
-    if name == "LocalBackend":
-        from .local import LocalBackend
-
-        return LocalBackend
-    if name == "HTTPBackend":
-        from .http import HTTPBackend
-
-        return HTTPBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "Backend", "BackendError", "Completion", "Conversation", "HTTPBackend", "LocalBackend",
-    "SamplingParams", "THINKING_VALUES", "make_backend",
-]

@@ -28,8 +28,13 @@ from urllib.parse import urlsplit
 import openai
 
 from autothink.format import forced_prefix
-
-from . import Backend, BackendError, Completion, Conversation, SamplingParams
+from autothink.inference.backend import (
+    Backend,
+    BackendError,
+    Completion,
+    Conversation,
+    SamplingParams,
+)
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1

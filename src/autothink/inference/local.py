@@ -20,7 +20,13 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from . import Backend, Completion, Conversation, SamplingParams, check_thinking
+from autothink.inference.backend import (
+    Backend,
+    Completion,
+    Conversation,
+    SamplingParams,
+    check_thinking,
+)
 
 
 class LocalBackend(Backend):

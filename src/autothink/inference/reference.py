@@ -16,9 +16,14 @@ import operator
 import re
 from fractions import Fraction
 
-from autothink.llm import Backend, BackendError, Completion, Conversation, SamplingParams
+from autothink.inference.backend import (
+    Backend,
+    BackendError,
+    Completion,
+    Conversation,
+    SamplingParams,
+)
 from autothink.tasks import Task
-
 
 _OPS = {ast.Add: (operator.add, "+"), ast.Sub: (operator.sub, "-"), ast.Mult: (operator.mul, "*"),
         ast.Div: (operator.truediv, "/")}

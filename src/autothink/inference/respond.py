@@ -30,15 +30,20 @@ from autothink.format import (
     SPECIAL_TOKENS,
     THINK,
     THINK_END,
+    THINKING,
     Mode,
     Parsed,
     detect_directive,
     forced_prefix,
     parse,
 )
-from autothink.llm import Backend, Completion, Conversation, SamplingParams
+from autothink.inference.backend import (
+    Backend,
+    Completion,
+    Conversation,
+    SamplingParams,
+)
 
-THINKING_CONTROLS = ("auto", "on", "off")
 _JUDGE, _THINK, _ANSWER = "judge", "think", "answer"  # stages
 _STAGE_STOPS = {_JUDGE: (THINK, ANSWER_END), _THINK: (THINK_END,), _ANSWER: (ANSWER_END,)}
 
@@ -114,10 +119,11 @@ class _Row:
         return self.text[self.start:]
 
 
-def _check(params: SamplingParams, thinking: str, thinking_budget: int | None) -> None:
+def check_controls(params: SamplingParams, thinking: str, thinking_budget: int | None) -> None:
+    """Raise TypeError / ValueError for bad sampling params, `thinking` or `thinking_budget`."""
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-    if thinking not in THINKING_CONTROLS:
+    if thinking not in THINKING:
         raise ValueError(f"thinking must be 'auto', 'on' or 'off', got {thinking!r}")
     if thinking_budget is not None and (
         isinstance(thinking_budget, bool) or not isinstance(thinking_budget, int) or thinking_budget < 1
@@ -220,7 +226,7 @@ def respond(
     >>> replies[0][0].thinking                                   # doctest: +SKIP
     'off'
     """
-    _check(params, thinking, thinking_budget)
+    check_controls(params, thinking, thinking_budget)
     if thinking_budget is not None and not backend.supports_prefix:
         raise ValueError(f"a thinking budget needs a backend that continues replies; {backend!r} does not")
     conversations = [list(c) for c in conversations]
@@ -264,7 +270,7 @@ def respond_stream(
     Same control and stages as `respond` (`params.n` must be 1); pieces arrive as the backend's
     `stream` produces them (token by token for `LocalBackend`).
     """
-    _check(params, thinking, thinking_budget)
+    check_controls(params, thinking, thinking_budget)
     if params.n != 1:
         raise ValueError(f"respond_stream produces one reply; got n={params.n}")
     if thinking_budget is not None and not backend.supports_prefix:
@@ -364,81 +370,3 @@ def split_reasoning(text: str) -> tuple[str, str]:
     reasoning, content = splitter.feed(text)
     more_reasoning, more_content = splitter.finish()
     return reasoning + more_reasoning, content + more_content
-
-
-# -- command-line front ends ------------------------------------------------------------------
-def read_conversations(path) -> list[tuple[str, Conversation]]:
-    """`(id, conversation)` per line of a JSONL file of `{"prompt": str}` or `{"messages": [...]}`
-    objects (`id` optional: the line number).
-
-    Raises:
-        RecordError: a line that is not JSON, or a missing or malformed field (file and line named).
-    """
-    from autothink.jsonl import RecordError, read_jsonl
-
-    out = []
-    for line, record in read_jsonl(path):
-        if isinstance(record.get("prompt"), str) and "messages" not in record:
-            conversation = [{"role": "user", "content": record["prompt"]}]
-        elif "messages" in record:
-            conversation = record["messages"]
-            ok = isinstance(conversation, list) and conversation and all(
-                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str) for m in conversation)
-            if not ok:
-                raise RecordError(path, line, "field 'messages' must be a non-empty list of "
-                                  "{role: system|user|assistant, content: string}")
-        else:
-            raise RecordError(path, line, "missing field 'prompt' (a string) or 'messages'")
-        out.append((str(record.get("id", line)), conversation))
-    return out
-
-
-CHAT_HELP = "commands: /mode auto|on|off, /budget N|off, /reset, /quit"
-
-
-def chat(backend: Backend, params: SamplingParams, lines, write, thinking: str = "auto",
-         thinking_budget: int | None = None, directives: bool = True) -> list[Reply]:
-    """A multi-turn chat: each line of `lines` is a user turn or a command (`CHAT_HELP`).
-
-    Replies are written through `write` as they are generated (the raw AutoThink text), each
-    followed by a line with its mode and token counts. The history keeps each reply's answer
-    (the whole text when it has none), not its reasoning. Returns the replies.
-    """
-    _check(params, thinking, thinking_budget)
-    history: list[dict] = []
-    replies: list[Reply] = []
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("/"):
-            command, _, arg = line.partition(" ")
-            arg = arg.strip()
-            if command == "/quit":
-                break
-            if command == "/reset":
-                history.clear()
-                write("(conversation cleared)\n")
-            elif command == "/mode" and arg in THINKING_CONTROLS:
-                thinking = arg
-                write(f"(thinking: {thinking})\n")
-            elif command == "/budget" and (arg == "off" or arg.isdigit() and int(arg) >= 1):
-                thinking_budget = None if arg == "off" else int(arg)
-                write(f"(thinking budget: {thinking_budget or 'none'})\n")
-            else:
-                write(f"(unknown command or argument: {line!r}; {CHAT_HELP})\n")
-            continue
-        history.append({"role": "user", "content": line})
-        for item in respond_stream(backend, history, params, thinking, thinking_budget, directives):
-            if isinstance(item, str):
-                write(item)
-        reply = item
-        replies.append(reply)
-        history.append({"role": "assistant", "content": reply.parts.answer if reply.parts.answer is not None
-                        else reply.text})
-        forced = ", forced by a directive" if thinking == "auto" and reply.thinking != "auto" else ""
-        write(f"\n[mode {reply.mode or '?'} (thinking {reply.thinking}{forced}) | judge {reply.judge_tokens}, "
-              f"think {reply.think_tokens}, answer {reply.answer_tokens} tokens"
-              f"{', budget hit' if reply.budget_hit else ''} | {reply.finish_reason}]\n")
-    return replies

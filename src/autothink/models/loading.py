@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -156,23 +156,56 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     return tokenizer
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
-    """Load `(model, tokenizer)` in eval mode on the chosen device.
-
-    Raises:
-        ValueError: unknown model name or path; OSError from `from_pretrained` is re-raised
-        with the name when a hub id cannot be fetched (no network, no such repo).
-    """
+def _from_pretrained(source: str, name: str, **kwargs):
+    """`(model, tokenizer)` from a resolved source; a failed load names the model asked for."""
     from transformers import AutoModelForCausalLM
 
-    source = resolve(name_or_path)
-    dev = pick_device(device)
     try:
         tokenizer = load_tokenizer(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, dev))
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
-        raise ValueError(f"could not load model {name_or_path!r} ({err.__class__.__name__}: {err})") from err
+        raise ValueError(f"could not load model {name!r} ({err.__class__.__name__}: {err})") from err
+    return model, tokenizer
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    """Load `(model, tokenizer)` in eval mode on the chosen device, for inference (and teachers).
+
+    Raises:
+        ValueError: unknown model name or path, or a hub id that cannot be fetched (no network,
+            no such repo).
+    """
+    dev = pick_device(device)
+    model, tokenizer = _from_pretrained(resolve(name_or_path), str(name_or_path), dtype=pick_dtype(dtype, dev))
     return model.to(dev).eval(), tokenizer
+
+
+def load_student(name_or_path: str | os.PathLike, seed: int | None = None, add_tokens: bool = True,
+                 model_init_kwargs: dict | None = None):
+    """Load `(model, tokenizer)` to train, with the AutoThink tokens added (`format.add_autothink_tokens`).
+
+    The weights load in fp32 unless `model_init_kwargs` says otherwise: bf16 training is mixed
+    precision over fp32 master weights. The trainer moves the model to its device.
+
+    Args:
+        seed: seeds every RNG first (`transformers.set_seed`), so whatever the caller initialises
+            next (MTP heads) is the same on every run.
+        model_init_kwargs: extra `from_pretrained` arguments (`dtype`, `attn_implementation`, ...).
+
+    Raises:
+        ValueError: as `load_model`.
+    """
+    from transformers import set_seed
+
+    from autothink.format import add_autothink_tokens
+
+    if seed is not None:
+        set_seed(seed)
+    kwargs = {"dtype": torch.float32, **(model_init_kwargs or {})}
+    model, tokenizer = _from_pretrained(resolve(name_or_path), str(name_or_path), **kwargs)
+    if add_tokens:
+        add_autothink_tokens(tokenizer, model)
+    return model, tokenizer
 
 
 def tiny_model(tokenizer=None, layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0):
@@ -199,3 +232,31 @@ def tiny_model(tokenizer=None, layers: int = 2, hidden: int = 64, heads: int = 4
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+@dataclass
+class PrepareConfig:
+    """`autothink models prepare`: convert embedded GGUF models to a safetensors cache once."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("names",)
+    names: list[str] = field(default_factory=lambda: [DEFAULT_MODEL], metadata={
+        "help": "embedded model names (default: the default model)"})
+    force: bool = field(default=False, metadata={"help": "convert again even if cached"})
+
+
+def run_prepare(config: PrepareConfig) -> None:
+    for name in config.names or [DEFAULT_MODEL]:
+        print(f"{name}: {prepare(name, force=config.force)}")
+
+
+@dataclass
+class ListConfig:
+    """`autothink models list` (no options)."""
+
+
+def run_list(config: ListConfig) -> None:
+    """`autothink models list`: the embedded models and whether each is prepared."""
+    for name, spec in EMBEDDED.items():
+        target = cache_dir() / "models" / name
+        state = f"prepared at {target}" if (target / "config.json").exists() else "not prepared"
+        print(f"{name:24s} from PyPI package {spec.package:26s} {state}")

@@ -11,7 +11,7 @@ Emb, FinalNorm and OutHead are the base model's own modules (shared, not copied)
 base model's decoder-layer class built from the base config, so the heads work for every
 architecture whose layers live in `model.model.layers` (Llama, Qwen2, Qwen3, Gemma3, ...). The
 heads keep the sequence length T: positions without a future token (i + k + 1 >= T) get logits
-that `mtp_loss` never scores.
+that the loss never scores.
 
 The heads are saved beside the base checkpoint as `mtp_heads.safetensors` + `mtp_config.json`;
 `AutoModelForCausalLM.from_pretrained(dir)` ignores those files and loads the base alone.
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autothink.algorithms.uld import causal_lm_ce
+from autothink.algorithms.uld import mtp_distill_loss
 
 HEADS_FILE = "mtp_heads.safetensors"
 CONFIG_FILE = "mtp_config.json"
@@ -140,7 +140,10 @@ class MTPHeads(nn.Module):
         Returns:
             D tensors `[B, T, V]`; entry k-1 is head k, whose position i predicts token i+k+1.
         """
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+        from transformers.masking_utils import (
+            create_causal_mask,
+            create_sliding_window_causal_mask,
+        )
 
         backbone = _backbone(base)
         embed, lm_head = base.get_input_embeddings(), base.get_output_embeddings()
@@ -174,28 +177,6 @@ class MTPHeads(nn.Module):
                 logits = torch.tanh(logits / softcap) * softcap
             out.append(logits)
         return out
-
-
-def mtp_loss(mtp_logits: list[torch.Tensor], labels: torch.Tensor, weight: float = 0.3) -> torch.Tensor:
-    """(λ/D) · Σ_k CE_k, where head k at position i is scored against `labels[:, i + k + 1]`.
-
-    Args:
-        mtp_logits: D tensors `[B, T, V]` (head 1 first), as `MTPHeads.forward` returns.
-        labels: `[B, T]` in the Hugging Face convention (aligned with `input_ids`, -100 = no
-            loss); each CE_k is the mean over its scored tokens (0 if it has none).
-        weight: λ.
-
-    Returns:
-        A scalar tensor.
-
-    >>> logits = [torch.zeros(1, 4, 5), torch.zeros(1, 4, 5)]
-    >>> round(float(mtp_loss(logits, torch.tensor([[0, 1, 2, 3]]), weight=1.0)), 4)  # ln 5
-    1.6094
-    """
-    if not mtp_logits:
-        raise ValueError("mtp_loss needs at least one head's logits")
-    ces = [causal_lm_ce(logits, labels, shift=k + 1) for k, logits in enumerate(mtp_logits, start=1)]
-    return weight / len(ces) * torch.stack(ces).sum()
 
 
 @dataclass
@@ -253,7 +234,8 @@ class MTPModel(nn.Module):
         mtp_logits = self.heads(self.base, input_ids, hidden, attention_mask, position_ids)
         if labels is None:
             return MTPOutput(logits=out.logits, mtp_logits=mtp_logits)
-        extra = mtp_loss(mtp_logits, labels, self.mtp_config.loss_weight)
+        ces = mtp_distill_loss(out.logits, mtp_logits, labels, w_uld=0.0)  # mtp_ce: the mean of CE_1..CE_D
+        extra = self.mtp_config.loss_weight * ces.mtp_ce  # (λ/D)·Σ_k CE_k
         return MTPOutput(out.logits, mtp_logits, loss=out.loss + extra, lm_loss=out.loss, mtp_loss=extra)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:

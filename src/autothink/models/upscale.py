@@ -29,6 +29,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from autothink.models.loading import load_model, resolve
+from autothink.records.jsonl import RecordError, read_jsonl
+from autothink.records.messages import message_text
+
 # model_type of the configs whose decoder layers, per-layer config fields and output
 # projections this module knows.
 SUPPORTED = ("llama", "qwen2", "qwen3", "gemma3_text")
@@ -301,15 +305,6 @@ class UpscaleConfig:
     dtype: str = field(default="float32", metadata={"help": "dtype the model is loaded and saved in"})
 
 
-def _content(value) -> str:
-    """Text of a message list (`[{"role", "content"}]`) or a plain string."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
-        return "\n".join(m["content"] for m in value)
-    raise ValueError("expected a string or a list of {role, content} messages")
-
-
 def calibration_texts(config: UpscaleConfig) -> tuple[list[str], str]:
     """The calibration texts and a description of where they came from.
 
@@ -317,8 +312,6 @@ def calibration_texts(config: UpscaleConfig) -> tuple[list[str], str]:
         FileNotFoundError: no such file. RecordError: a JSONL row without usable text (named).
         ValueError: no texts at all.
     """
-    from autothink.jsonl import RecordError, read_jsonl
-
     if config.calibration is None:
         texts, source = list(CALIBRATION_TEXTS), "built-in"
     else:
@@ -333,7 +326,7 @@ def calibration_texts(config: UpscaleConfig) -> tuple[list[str], str]:
                 if not keys:
                     raise RecordError(path, line, "no `text`, `prompt`, `messages` or `completion` field")
                 try:
-                    parts = [_content(obj[k]) for k in keys if k != "text"] if "text" not in obj else [_content(obj["text"])]
+                    parts = [message_text(obj[k]) for k in keys if k != "text"] if "text" not in obj else [message_text(obj["text"])]
                 except ValueError as err:
                     raise RecordError(path, line, f"field {keys[0]!r}: {err}") from None
                 texts.append("\n".join(parts))
@@ -360,8 +353,6 @@ def run_upscale(config: UpscaleConfig) -> dict:
     Raises:
         ValueError: unsupported architecture, a bad target depth, no calibration texts.
     """
-    from autothink.models import load_model, resolve
-
     out = Path(config.output_dir)
     job = {"source": config.model, "target_layers": config.target_layers, "ratio": config.ratio,
            "zero_init": config.zero_init, "calibration": config.calibration, "n_calibration": config.n_calibration}

@@ -1,4 +1,4 @@
-"""JSONL files: reading with errors that name file and line, atomic writes, append-only logs."""
+"""JSONL files: reading with errors that name file and line, atomic writes, resumable append-only logs."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,14 @@ class RecordError(ValueError):
     def __init__(self, path: str | os.PathLike, line: int, message: str):
         self.path, self.line = str(path), line
         super().__init__(f"{path}:{line}: {message}")
+
+
+def bad_records_error(path, bad: list[tuple[int, object, str]]) -> RecordError:
+    """One error for every bad row of a file: the first named in full, the others counted."""
+    line, record_id, problem = bad[0]
+    more = (f" ({len(bad) - 1} more bad records, at lines {', '.join(str(b[0]) for b in bad[1:6])}"
+            f"{', ...' if len(bad) > 6 else ''})") if len(bad) > 1 else ""
+    return RecordError(path, line, f"record {record_id!r}: {problem}{more}")
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -52,3 +60,29 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> i
         os.unlink(tmp)
         raise
     return count
+
+
+def load_done(path: str | os.PathLike, key: str = "id") -> dict[Any, dict[str, Any]]:
+    """Records already appended to a log, by `key` (a later record with the same key wins).
+
+    A torn last line (a process killed mid-write) is cut off the file first, so appending can
+    go on after it.
+
+    Raises:
+        RecordError: a line that is not a JSON object or has no `key` (the file cannot be resumed).
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    done = {}
+    try:
+        for _, record in read_jsonl(path):
+            done[record[key]] = record
+    except (RecordError, KeyError) as err:
+        raise RecordError(path, 0, f"cannot resume from this output file ({err}); move it away to start over") from err
+    return done

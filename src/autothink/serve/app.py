@@ -29,391 +29,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import socket
 import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, Literal
+from typing import AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autothink.format import forced_prefix, parse
-from autothink.inference import (
-    ReasoningSplitter,
-    Reply,
-    respond,
-    respond_stream,
-    split_reasoning,
+from autothink.format import install_chat_template
+from autothink.inference.backend import Backend, make_backend
+from autothink.inference.respond import ReasoningSplitter, Reply
+from autothink.serve.protocol import (
+    DEFAULT_MAX_TOKENS,
+    APIError,
+    ChatCompletionRequest,
+    as_api_error,
+    completion_fields,
+    completion_response,
+    describe_validation,
+    error_body,
+    error_response,
+    reply_fields,
+    sse,
+    usage_body,
 )
-from autothink.llm import Backend, BackendError, Completion, SamplingParams
-
-DEFAULT_MAX_TOKENS = 512
-DEFAULT_MAX_QUEUE = 128
-DEFAULT_MAX_BATCH = 32
-MAX_N = 128
-TEMPLATE_KWARGS = ("thinking", "thinking_budget")
-
-
-# -- request schema ---------------------------------------------------------------------------
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-
-    def as_dict(self) -> dict:
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that the server implements.
-
-    Unknown fields are ignored (as OpenAI clients send many optional ones); a null value means
-    the default.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    n: int | None = Field(None, ge=1, le=MAX_N)
-    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    thinking: Literal["auto", "on", "off"] | None = None
-    thinking_budget: int | None = Field(None, ge=1)
-    chat_template_kwargs: dict[str, Any] | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    continue_final_message: bool = False
-    add_generation_prompt: bool = True
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value):
-        values = [value] if isinstance(value, str) else value or []
-        if any(not s for s in values):
-            raise ValueError("stop strings must be non-empty")
-        return value
-
-    @field_validator("chat_template_kwargs")
-    @classmethod
-    def _template_kwargs(cls, value):
-        if value:
-            unknown = sorted(set(value) - set(TEMPLATE_KWARGS))
-            if unknown:
-                raise ValueError(f"only {list(TEMPLATE_KWARGS)} are supported in chat_template_kwargs, got {unknown}")
-            if value.get("thinking") not in (None, "auto", "on", "off"):
-                raise ValueError(f"thinking must be 'auto', 'on' or 'off', got {value['thinking']!r}")
-            budget = value.get("thinking_budget")
-            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-                raise ValueError(f"thinking_budget must be an integer >= 1, got {budget!r}")
-        return value
-
-    def conversation(self) -> list[dict]:
-        return [m.as_dict() for m in self.messages]
-
-    def _merged(self, name: str):
-        top, inner = getattr(self, name), (self.chat_template_kwargs or {}).get(name)
-        if top is not None and inner is not None and top != inner:
-            raise ValueError(f"{name}={top!r} contradicts chat_template_kwargs.{name}={inner!r}")
-        return top if top is not None else inner
-
-    def thinking_mode(self) -> str | None:
-        return self._merged("thinking")
-
-    def thinking_budget_tokens(self) -> int | None:
-        return self._merged("thinking_budget")
-
-    def sampling_params(self, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> SamplingParams:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(
-            n=self.n or 1,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
-            stop=stop,
-            seed=self.seed,
-        )
-
-
-# -- errors -----------------------------------------------------------------------------------
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.headers = status, message, type, param, headers
-
-
-def error_body(status: int, message: str, type: str = "invalid_request_error", param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": status}}
-
-
-def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                   headers: dict[str, str] | None = None):
-    return JSONResponse(status_code=status, content=error_body(status, message, type, param), headers=headers)
-
-
-def _describe_validation(err: RequestValidationError) -> tuple[str, str | None]:
-    parts, param = [], None
-    for e in err.errors():
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-        if e.get("type") == "json_invalid":
-            parts.append(f"malformed JSON body: {e.get('ctx', {}).get('error', e.get('msg'))}")
-            continue
-        where = ".".join(loc) or "body"
-        param = param or where
-        parts.append(f"{where}: {e.get('msg')}")
-    return "; ".join(parts) or "invalid request", param
-
-
-def _as_api_error(err: BaseException) -> APIError:
-    """The HTTP error for an exception raised while generating."""
-    if isinstance(err, APIError):
-        return err
-    if isinstance(err, (ValueError, TypeError)):  # e.g. thinking on a model without the AutoThink template
-        return APIError(400, str(err))
-    if isinstance(err, BackendError):
-        return APIError(502, str(err), "backend_error")
-    return APIError(500, f"generation failed: {type(err).__name__}: {err}", "server_error")
-
-
-# -- scheduling -------------------------------------------------------------------------------
-@dataclass(eq=False)
-class Job:
-    """One admitted request. `prefix` is set for a continued final message (raw generation).
-
-    Results reach the request's event loop: a non-streaming job resolves `future` with its
-    replies (or completions); a streaming job puts text pieces and then its reply (or
-    completion, or an exception) into `events`.
-    """
-
-    conversation: list[dict]
-    params: SamplingParams
-    thinking: str
-    budget: int | None
-    prefix: str | None
-    stream: bool
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future | None = None
-    events: asyncio.Queue | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def batch_key(self) -> tuple | None:
-        """Jobs with equal keys run as one batch; None: alone (streams, continuations, seeded
-        sampling, whose results must not depend on other requests)."""
-        if self.stream or self.prefix is not None or self.params.seed is not None:
-            return None
-        return (self.params, self.thinking, self.budget)
-
-    def _soon(self, fn) -> None:
-        """Run `fn` on the request's event loop (from the worker thread)."""
-        with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is listening
-            self.loop.call_soon_threadsafe(fn)
-
-    def resolve(self, result) -> None:
-        self._soon(lambda: self.future.done() or self.future.set_result(result))  # done: the client left
-
-    def fail(self, err: BaseException) -> None:
-        if self.stream:
-            self.emit(err)
-        else:
-            self._soon(lambda: self.future.done() or self.future.set_exception(err))
-
-    def emit(self, item) -> None:
-        self._soon(lambda: self.events.put_nowait(item))
-
-
-class Scheduler:
-    """A bounded queue of jobs and one worker thread that runs them, batching alike jobs.
-
-    Args:
-        max_queue: most jobs waiting (not counting the batch running); more → 429.
-        max_batch: most conversations run together in one `respond` call.
-        directives: whether prompt directives force the mode under thinking="auto".
-    """
-
-    def __init__(self, backend: Backend, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH,
-                 directives: bool = True):
-        for name, value in (("max_queue", max_queue), ("max_batch", max_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.backend, self.max_queue, self.max_batch, self.directives = backend, max_queue, max_batch, directives
-        self.queue: deque[Job] = deque()
-        self.running = 0
-        self.draining = False
-        self.batches = Counter()  # batch size -> count, for observability and tests
-        self._seconds_per_job = 1.0
-        self._closed = False
-        self._cond = threading.Condition()
-        self._worker: threading.Thread | None = None
-
-    def start(self) -> None:
-        with self._cond:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="autothink-serve-worker", daemon=True)
-                self._worker.start()
-
-    def submit(self, job: Job) -> None:
-        """Queue `job`. Raises `APIError` 503 while draining, 429 when the queue is full."""
-        with self._cond:
-            if self.draining:
-                raise APIError(503, "the server is shutting down; retry on another replica", "service_unavailable")
-            if len(self.queue) >= self.max_queue:
-                wait = min(60, max(1, math.ceil(self._seconds_per_job * len(self.queue))))
-                raise APIError(429, f"too many requests: {len(self.queue)} are waiting (max_queue={self.max_queue}); "
-                               f"retry in about {wait} s", "rate_limit_error", headers={"Retry-After": str(wait)})
-            self.queue.append(job)
-            self._cond.notify_all()
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Refuse new jobs and wait until the queued and running ones are done; False on timeout."""
-        with self._cond:
-            self.draining = True
-            return self._cond.wait_for(lambda: not self.queue and not self.running, timeout)
-
-    def close(self, timeout: float | None = None) -> None:
-        """Drain, then stop the worker."""
-        self.drain(timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout)
-
-    def _take(self) -> list[Job] | None:
-        with self._cond:
-            self._cond.wait_for(lambda: self.queue or self._closed)
-            if not self.queue:
-                return None
-            batch = [self.queue.popleft()]
-            key = batch[0].batch_key()
-            if key is not None:
-                for job in [j for j in self.queue if j.batch_key() == key][: self.max_batch - 1]:
-                    self.queue.remove(job)
-                    batch.append(job)
-            self.running = len(batch)
-            return batch
-
-    def _work(self) -> None:
-        while (batch := self._take()) is not None:
-            start = time.monotonic()
-            try:
-                self._run(batch)
-            finally:
-                with self._cond:
-                    self.batches[len(batch)] += 1
-                    per_job = (time.monotonic() - start) / len(batch)
-                    self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * per_job
-                    self.running = 0
-                    self._cond.notify_all()
-
-    def _run(self, batch: list[Job]) -> None:
-        first = batch[0]
-        try:
-            if first.stream:
-                if not first.cancelled.is_set():  # its client may have left while it waited
-                    self._stream(first)
-            elif first.prefix is not None:
-                first.resolve(self.backend.generate([first.conversation], first.params, prefix=first.prefix)[0])
-            else:
-                replies = respond(self.backend, [j.conversation for j in batch], first.params, first.thinking,
-                                  first.budget, self.directives)
-                for job, group in zip(batch, replies):
-                    job.resolve(group)
-        except Exception as err:  # noqa: BLE001 - each client gets the reason, the worker keeps running
-            for job in batch:
-                job.fail(err)
-
-    def _stream(self, job: Job) -> None:
-        if job.prefix is not None:
-            items = self.backend.stream(job.conversation, job.params, prefix=job.prefix)
-        else:
-            items = respond_stream(self.backend, job.conversation, job.params, job.thinking, job.budget,
-                                   self.directives)
-        with contextlib.closing(items):
-            for item in items:
-                if job.cancelled.is_set():
-                    return
-                job.emit(item)
-
-
-# -- responses --------------------------------------------------------------------------------
-def _usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None) -> dict:
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
-    if reasoning_tokens is not None:
-        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-    return usage
-
-
-def _reply_fields(reply: Reply, requested: str | None) -> dict:
-    """The non-OpenAI fields of a choice for `reply` (`requested`: the request's thinking)."""
-    return {
-        "thinking_mode": reply.mode,
-        "thinking": reply.thinking,
-        "raw_content": reply.text[len(forced_prefix(requested or "auto")):],
-        "completion_tokens": reply.completion_tokens,
-        "stop_reason": reply.stop_reason,
-    }
-
-
-def _completion_fields(c: Completion, prefix: str) -> dict:
-    return {"thinking_mode": parse(prefix + c.text).mode, "thinking": None, "raw_content": c.text,
-            "completion_tokens": c.tokens, "stop_reason": c.stop_reason}
-
-
-def completion_response(model: str, results: list[Reply] | list[Completion], requested: str | None = None,
-                        prefix: str | None = None) -> dict:
-    """A `chat.completion` object for the replies of one request (completions for a continuation)."""
-    choices, reasoning_total = [], 0
-    for i, r in enumerate(results):
-        if isinstance(r, Reply):
-            reasoning, content = split_reasoning(r.text)
-            message = {"role": "assistant", "content": content, "reasoning_content": reasoning or None}
-            extra = _reply_fields(r, requested)
-            reasoning_total += r.reasoning_tokens
-        else:
-            message = {"role": "assistant", "content": r.text}
-            extra = _completion_fields(r, prefix or "")
-        choices.append({"index": i, "message": message, "finish_reason": r.finish_reason, "logprobs": None, **extra})
-    prompt_tokens = max((r.prompt_tokens for r in results), default=0)
-    completion_tokens = sum(c["completion_tokens"] for c in choices)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": _usage(prompt_tokens, completion_tokens, None if prefix is not None else reasoning_total),
-    }
-
-
-def _sse(payload: dict | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+from autothink.serve.scheduler import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    Job,
+    Scheduler,
+)
 
 
 async def stream_events(job: Job, model: str, requested: str | None, include_usage: bool) -> AsyncIterator[str]:
@@ -423,7 +77,7 @@ async def stream_events(job: Job, model: str, requested: str | None, include_usa
 
     def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason, **extra}
-        return _sse({**base, "choices": [choice]})
+        return sse({**base, "choices": [choice]})
 
     def deltas(reasoning: str, content: str) -> Iterator[str]:
         if reasoning or content:
@@ -435,8 +89,8 @@ async def stream_events(job: Job, model: str, requested: str | None, include_usa
         while True:
             item = await job.events.get()
             if isinstance(item, BaseException):
-                err = _as_api_error(item)
-                yield _sse(error_body(err.status, err.message, err.type, err.param))
+                err = as_api_error(item)
+                yield sse(error_body(err.status, err.message, err.type, err.param))
                 break
             if isinstance(item, str):
                 for line in deltas(*(splitter.feed(item) if splitter else ("", item))):
@@ -446,17 +100,36 @@ async def stream_events(job: Job, model: str, requested: str | None, include_usa
                 for line in deltas(*splitter.finish()):
                     yield line
             if isinstance(item, Reply):
-                extra, reasoning = _reply_fields(item, requested), item.reasoning_tokens
+                extra, reasoning = reply_fields(item, requested), item.reasoning_tokens
             else:
-                extra, reasoning = _completion_fields(item, job.prefix), None
+                extra, reasoning = completion_fields(item, job.prefix), None
             yield chunk({}, item.finish_reason, **extra)
             if include_usage:
-                usage = _usage(item.prompt_tokens, extra["completion_tokens"], reasoning)
-                yield _sse({**base, "choices": [], "usage": usage})
+                usage = usage_body(item.prompt_tokens, extra["completion_tokens"], reasoning)
+                yield sse({**base, "choices": [], "usage": usage})
             break
-        yield _sse("[DONE]")
+        yield sse("[DONE]")
     finally:
         job.cancelled.set()  # also when the client disconnects mid-stream: the worker stops
+
+
+@dataclass
+class ServeConfig:
+    """`autothink serve`: a model behind an OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`, `/health`)."""
+
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "embedded name, model dir or hub id"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata={
+        "help": "requests waiting at most; more get HTTP 429"})
+    max_batch: int = field(default=DEFAULT_MAX_BATCH, metadata={
+        "help": "alike queued requests run together, at most this many"})
+    max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={"help": "default max_tokens of a request"})
+    grace_seconds: float = field(default=60.0, metadata={
+        "help": "on Ctrl+C / SIGTERM, how long to let queued and running requests finish"})
+    no_directives: bool = field(default=False, metadata={"help": "do not force the mode a prompt asks for"})
 
 
 @dataclass
@@ -469,7 +142,6 @@ class ServerStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-# -- app --------------------------------------------------------------------------------------
 def _job_for(body: ChatCompletionRequest, default_max_tokens: int) -> Job:
     """Validate a request into a job (raises `APIError` 400)."""
     try:
@@ -532,7 +204,7 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, err: RequestValidationError):
-        message, param = _describe_validation(err)
+        message, param = describe_validation(err)
         return error_response(400, message, param=param)
 
     @app.exception_handler(APIError)
@@ -571,7 +243,7 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
         try:
             results = await job.future
         except Exception as err:  # noqa: BLE001 - mapped to the HTTP error
-            raise _as_api_error(err) from None
+            raise as_api_error(err) from None
         return completion_response(name, results, requested, job.prefix)
 
     return app
@@ -646,3 +318,11 @@ def running_server(app_or_backend: FastAPI | Backend, host: str = "127.0.0.1", p
         server.should_exit = True
         thread.join(timeout=grace_s + 5)
         sock.close()
+
+
+def run_serve(config: ServeConfig) -> None:
+    """Load `config.model` and serve it until interrupted."""
+    backend = make_backend(config.model, device=config.device, dtype=config.dtype)
+    install_chat_template(backend.tokenizer)
+    serve(backend, host=config.host, port=config.port, grace_s=config.grace_seconds, max_queue=config.max_queue,
+          max_batch=config.max_batch, default_max_tokens=config.max_tokens, directives=not config.no_directives)

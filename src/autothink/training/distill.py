@@ -29,7 +29,6 @@ launch`); the output dir gets the student (a plain checkpoint that
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import defaultdict
@@ -40,18 +39,32 @@ from typing import Literal
 import torch
 from transformers import Trainer, TrainingArguments
 
-from autothink.algorithms.uld import IGNORE_INDEX, mtp_distill_loss, pair_rows, prediction_bounds, sorted_probs
-from autothink.format import MODE_TOKENS, add_autothink_tokens, install_chat_template
-from autothink.jsonl import RecordError, read_jsonl
-from autothink.mtp import HEADS_FILE, MTPConfig, MTPModel, has_mtp, load_mtp, save_mtp
+from autothink.algorithms.uld import (
+    IGNORE_INDEX,
+    mtp_distill_loss,
+    pair_rows,
+    prediction_bounds,
+    sorted_probs,
+)
+from autothink.format import install_chat_template
+from autothink.models import load_model, load_student, resolve
+from autothink.models.mtp import (
+    HEADS_FILE,
+    MTPConfig,
+    MTPModel,
+    has_mtp,
+    load_mtp,
+    save_mtp,
+)
+from autothink.records.stage1 import load_stage1
+from autothink.training.args import TrainerDefaults, resume_point
 
 STORE_FORMAT = "autothink-teacher-topk/1"
 SHARD_SIZE = 256  # samples per precomputed shard (the unit of resumption)
-_REGIME = {token: mode for mode, token in MODE_TOKENS.items()}  # "<think_on>" -> "on"
 
 
 @dataclass
-class DistillConfig(TrainingArguments):
+class DistillConfig(TrainerDefaults, TrainingArguments):
     """Stage-1 distillation options plus every HF `TrainingArguments` field (lr, steps, save_steps, ...)."""
 
     student: str = field(default="smollm2-135m-instruct", metadata={"help": "embedded name, model dir or hub id"})
@@ -79,8 +92,6 @@ class DistillConfig(TrainingArguments):
     output_dir: str | None = field(default="runs/distill", metadata={"help": "checkpoints and the final student"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep False: the collator needs every field"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
-    resume_from_checkpoint: str | None = field(default="auto", metadata={
-        "help": "auto (the last checkpoint in output_dir, if any), true/last (it must exist), none, or a path"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,50 +105,6 @@ class DistillConfig(TrainingArguments):
 
 
 # --------------------------------------------------------------------------- data
-
-
-def _messages(value, what: str) -> list[dict]:
-    if isinstance(value, str):
-        return [{"role": "user" if what == "prompt" else "assistant", "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    ):
-        return value
-    raise ValueError(f"field {what!r}: expected a string or a non-empty list of {{role, content}} messages")
-
-
-def load_stage1(path: str | os.PathLike, n: int | None = None) -> list[dict]:
-    """Stage-1 rows as `{"id", "prompt", "regime", "trigger", "body", "sha"}`.
-
-    Raises:
-        FileNotFoundError: no such file. RecordError: a bad row (file, line, field named): no
-            trigger at the start of the completion, a `mode` that contradicts it, a duplicate id.
-    """
-    rows, seen = [], {}
-    for line, obj in read_jsonl(path):
-        try:
-            if not isinstance(obj.get("id"), (str, int)):
-                raise ValueError("field 'id': missing (a string or an integer)")
-            prompt = _messages(obj.get("prompt"), "prompt")
-            completion = _messages(obj.get("completion"), "completion")
-            if len(completion) != 1 or completion[0]["role"] != "assistant":
-                raise ValueError("field 'completion': expected exactly one assistant message")
-            content = completion[0]["content"].lstrip()
-            trigger = next((t for t in _REGIME if content.startswith(t)), None)
-            if trigger is None:
-                raise ValueError(f"field 'completion': must start with a regime trigger {' or '.join(_REGIME)}")
-            if obj.get("mode") not in (None, _REGIME[trigger]):
-                raise ValueError(f"field 'mode': {obj['mode']!r} contradicts the completion's trigger {trigger}")
-        except ValueError as err:
-            raise RecordError(path, line, str(err)) from None
-        key = str(obj["id"])
-        if key in seen:
-            raise RecordError(path, line, f"duplicate id {key!r} (first on line {seen[key]})")
-        seen[key] = line
-        sha = hashlib.sha256(json.dumps([prompt, content], ensure_ascii=False).encode()).hexdigest()[:16]
-        rows.append({"id": key, "prompt": prompt, "regime": _REGIME[trigger], "trigger": trigger,
-                     "body": content[len(trigger):], "sha": sha})
-    return rows[:n]
 
 
 def _ensure_template(tokenizer, name: str) -> None:
@@ -408,20 +375,13 @@ class DistillStudent(MTPModel):
         self.base.activation_checkpointing_enable(**kwargs)
 
 
-def load_student(config: DistillConfig):
-    """`(model, tokenizer)`: the base with the AutoThink tokens, wrapped in `MTPModel` when D > 0
+def build_student(config: DistillConfig):
+    """`(model, tokenizer)`: the student (`models.load_student`), wrapped in `MTPModel` when D > 0
     (its saved heads are loaded when the student dir has them)."""
-    from transformers import AutoModelForCausalLM
-
-    from autothink.models import load_tokenizer, resolve
-
-    source = resolve(config.student)
-    base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    tokenizer = load_tokenizer(source)
-    if config.add_tokens:
-        add_autothink_tokens(tokenizer, base)
+    base, tokenizer = load_student(config.student, seed=config.seed, add_tokens=config.add_tokens)
     if not config.mtp_heads:
         return base, tokenizer
+    source = resolve(config.student)
     if has_mtp(source):
         model = load_mtp(source, base)
         if model.mtp_config.num_heads != config.mtp_heads:
@@ -432,8 +392,6 @@ def load_student(config: DistillConfig):
 
 def _live_teachers(config: DistillConfig, regimes: set[str]):
     """Load each distinct teacher once: `(models in teacher_id order, regime -> tokenizer)`."""
-    from autothink.models import load_model
-
     specs = config.teachers()
     missing = sorted(r for r in regimes if not specs[r])
     if missing:
@@ -449,10 +407,7 @@ def _live_teachers(config: DistillConfig, regimes: set[str]):
 
 def build_trainer(config: DistillConfig, callbacks: list | None = None) -> DistillTrainer:
     """The student, the teachers (or the store), the dataset and the trainer; nothing trained yet."""
-    from transformers import set_seed
-
-    set_seed(config.seed)  # the new heads' and embeddings' initialisation
-    model, tokenizer = load_student(config)
+    model, tokenizer = build_student(config)
     store, teachers, teacher_tokenizers = None, [], {}
     if config.w_uld and config.teacher_logprobs:
         store = TeacherStore(config.teacher_logprobs)
@@ -466,30 +421,13 @@ def build_trainer(config: DistillConfig, callbacks: list | None = None) -> Disti
                           processing_class=tokenizer, teachers=teachers, callbacks=callbacks)
 
 
-def resume_checkpoint(config: DistillConfig) -> str | None:
-    """The checkpoint `config.resume_from_checkpoint` names (see its help), or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    value = config.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "none", "no", "false"):
-        return None
-    if str(value).lower() in ("auto", "true", "last"):
-        last = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
-        if last is None and str(value).lower() != "auto":
-            raise ValueError(f"resume_from_checkpoint={value}: no checkpoint-* in {config.output_dir}")
-        return last
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint dir {value}")
-    return value
-
-
 def run_distill(config: DistillConfig, callbacks: list | None = None) -> dict:
     """Train (resuming per `resume_from_checkpoint`), save the student and `metrics.json`; or, with
     `config.precompute`, only write the teacher log-probs. Returns the metrics."""
     if config.precompute:
         return precompute_teacher(config)
     trainer = build_trainer(config, callbacks)
-    resume = resume_checkpoint(config)
+    resume = resume_point(config.resume_from_checkpoint, config.output_dir)
     if resume:
         print(f"distill: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
@@ -506,8 +444,6 @@ def precompute_teacher(config: DistillConfig) -> dict:
     """Write the teachers' top-k log-probs of every response row of `config.data` to
     `config.teacher_logprobs`, one shard per 256 samples; a rerun skips the samples already written."""
     from safetensors.torch import save_file
-
-    from autothink.models import load_model
 
     if not config.teacher_logprobs:
         raise ValueError("--precompute writes to --teacher_logprobs DIR; give one")

@@ -29,16 +29,15 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import trl
 
-from autothink.format import add_autothink_tokens, parse
-from autothink.jsonl import RecordError, read_jsonl
+from autothink.models import load_student
+from autothink.records.sft import read_sft_data
+from autothink.training.args import TrainerDefaults, resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +48,12 @@ PACKING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "fl
 
 
 @dataclass
-class SFTConfig(trl.SFTConfig):
+class SFTConfig(TrainerDefaults, trl.SFTConfig):
     """`autothink sft`: TRL's `SFTConfig` (so every `TrainingArguments` flag) plus the model and data.
 
-    Defaults differ from TRL's where a 2-core CPU run needs it: fp32 unless a bf16 GPU is present,
-    no gradient checkpointing, small batches, packing on, checkpoints every 100 steps (last 2 kept).
-    `resume_from_checkpoint`: unset resumes from the last checkpoint in `output_dir` if any, a
-    path resumes from that checkpoint, `no` starts afresh.
+    Defaults differ from TRL's where a 2-core CPU run needs it (`TrainerDefaults`: fp32 unless a
+    bf16 GPU is present, no gradient checkpointing, resume after a kill), small batches, packing
+    on, checkpoints every 100 steps (last 2 kept).
     """
 
     model: str = field(default="smollm2-135m-instruct",
@@ -66,10 +64,6 @@ class SFTConfig(trl.SFTConfig):
     output_dir: str | None = field(default="runs/sft", metadata={"help": "checkpoints, final model and sft.json"})
 
     # TrainingArguments / TRL defaults overridden for small CPU runs
-    bf16: bool | None = field(default=None, metadata={
-        "help": "bf16 mixed precision; default: on for a CUDA GPU that supports it, off elsewhere (fp32 on CPU)"})
-    gradient_checkpointing: bool | None = field(default=None, metadata={
-        "help": "deprecated alias of activation_checkpointing (off unless one of them is set)"})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size (packed rows when packing)"})
     per_device_eval_batch_size: int = field(default=4, metadata={"help": "eval batch size"})
     logging_steps: float = field(default=5, metadata={"help": "log every N optimizer steps"})
@@ -79,9 +73,6 @@ class SFTConfig(trl.SFTConfig):
         "help": "pack samples into rows of max_length tokens without cross-sample attention (bfd, padding-free)"})
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = (not self.fp16 and not self.use_cpu and torch.cuda.is_available()
-                         and torch.cuda.is_bf16_supported())
         super().__post_init__()
         if self.packing and self.packing_strategy != "bfd":
             raise ValueError(
@@ -93,64 +84,6 @@ class SFTConfig(trl.SFTConfig):
 
 
 # --------------------------------------------------------------------------- data
-
-
-def check_record(record: dict) -> str | None:
-    """What is wrong with one SFT row, or None when it is usable."""
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        got = ("missing" if messages is None else "empty" if isinstance(messages, list)
-               else f"a {type(messages).__name__}")
-        return f"`messages` must be a non-empty list of {{role, content}} messages ({got})"
-    for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            return f"messages[{i}] must be an object with string `role` and `content`"
-    last = len(messages) - 1
-    if messages[last]["role"] != "assistant":
-        return (f"the last message must be the assistant's response; "
-                f"messages[{last}] has role {messages[last]['role']!r}")
-    if last == 0:
-        return "no prompt: the assistant response is the only message"
-    parsed = parse(messages[last]["content"])
-    if not parsed.well_formed:
-        return (f"messages[{last}] (assistant) is not a well-formed AutoThink response: " + "; ".join(parsed.errors))
-    mode = record.get("mode")
-    if mode is not None and mode != parsed.mode:
-        return f"`mode` is {mode!r} but the response is think-{parsed.mode}"
-    return None
-
-
-def read_sft_data(path: str | os.PathLike) -> list[dict]:
-    """Rows of an SFT file as TRL conversational prompt-completion examples.
-
-    Returns:
-        `[{"id", "mode", "prompt": [messages...], "completion": [assistant message]}]` in file order.
-
-    Raises:
-        FileNotFoundError: no such file.
-        RecordError (a ValueError): invalid JSON, or records not in the format; the message names the
-            file, the line and the record id of the first bad record, what is wrong, and how many
-            more bad records there are (nothing is skipped silently).
-        ValueError: the file holds no records.
-    """
-    examples, bad = [], []
-    for line, record in read_jsonl(path):
-        problem = check_record(record)
-        if problem:
-            bad.append((line, record.get("id"), problem))
-            continue
-        messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
-        examples.append({"id": str(record.get("id", f"line{line}")), "mode": parse(messages[-1]["content"]).mode,
-                         "prompt": messages[:-1], "completion": messages[-1:]})
-    if bad:
-        line, record_id, problem = bad[0]
-        more = f" ({len(bad) - 1} more bad records, at lines {', '.join(str(b[0]) for b in bad[1:6])}" \
-               f"{', ...' if len(bad) > 6 else ''})" if len(bad) > 1 else ""
-        raise RecordError(path, line, f"record {record_id!r}: {problem}{more}")
-    if not examples:
-        raise ValueError(f"{path}: no SFT records")
-    return examples
 
 
 def to_dataset(examples: list[dict]):
@@ -173,24 +106,6 @@ def data_stats(examples: list[dict], tokenizer, max_length: int | None) -> dict:
 
 
 # --------------------------------------------------------------------------- model and trainer
-
-
-def load_student(config: SFTConfig):
-    """`(model, tokenizer)`: the student in fp32 (or `model_init_kwargs`) with the AutoThink tokens added."""
-    from transformers import AutoModelForCausalLM, set_seed
-
-    from autothink.models import load_tokenizer, resolve
-
-    set_seed(config.seed)  # the new tokens' embeddings are drawn at random: same seed, same student
-    source = resolve(config.model)
-    kwargs = {"dtype": torch.float32, **(config.model_init_kwargs or {})}
-    try:
-        tokenizer = load_tokenizer(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as err:
-        raise ValueError(f"could not load model {config.model!r} ({err.__class__.__name__}: {err})") from err
-    add_autothink_tokens(tokenizer, model)
-    return model, tokenizer
 
 
 def check_packing(model, config: SFTConfig) -> None:
@@ -216,20 +131,6 @@ def build_trainer(config: SFTConfig, model, tokenizer, examples: list[dict], eva
     )
 
 
-def _resume_point(config: SFTConfig) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    choice = config.resume_from_checkpoint
-    if choice is not None and str(choice).lower() in ("no", "false", "none"):
-        return None
-    if choice is not None:
-        if not Path(choice).is_dir():
-            raise ValueError(f"resume_from_checkpoint: no checkpoint directory {choice}")
-        return str(choice)
-    out = Path(config.output_dir)
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
-
-
 def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
     """Cold-start SFT of `config.model` on `config.data`; returns the output dir.
 
@@ -245,8 +146,8 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
     """
     examples = read_sft_data(config.data)  # bad data fails before the model loads
     eval_examples = read_sft_data(config.eval_data) if config.eval_data else None
-    resume = _resume_point(config)
-    model, tokenizer = load_student(config)
+    resume = resume_point(config.resume_from_checkpoint, config.output_dir)
+    model, tokenizer = load_student(config.model, seed=config.seed, model_init_kwargs=config.model_init_kwargs)
     stats = data_stats(examples, tokenizer, config.max_length)
     end = tokenizer.apply_chat_template(examples[0]["prompt"] + examples[0]["completion"], tokenize=False)
     if tokenizer.eos_token not in end[-len(tokenizer.eos_token) - 2:]:

@@ -1,9 +1,9 @@
 """`autothink rl`: Step-SRPO (stage 3) as a thin subclass of TRL's `GRPOTrainer`.
 
 The math lives in `autothink.algorithms` (rewards, group normalisation, segments, rescaling,
-history resampling); the data, the reward function and the prompt schedule in
-`autothink.rl_data`. This module wires them into TRL 1.16 at six short override points
-(`tests/test_rl.py` holds a contract test on each, and on `_compute_loss`, which we rely on):
+the prompt schedule and history resampling), the prompts file in `autothink.records.rl_prompts`,
+the logged metrics in `training.rl_metrics`. This module wires them into TRL 1.16 at seven short
+override points (`tests/contracts/test_trl.py` pins each, and every private TRL member used):
 
 - `_generate_single_turn`: forced-mode exploration (below); records which rows were forced.
 - `_calculate_rewards`: after TRL's plain reward function (`verifier_reward`, per sample,
@@ -13,9 +13,11 @@ history resampling); the data, the reward function and the prompt schedule in
   advantages), replaces `advantages` with per-token ones: `<judge>…</judge><think_on|off>`
   tokens get the group-normalised r_J (forced samples left out of the judge baseline), think
   and answer tokens the group-normalised r_A, optionally rescaled by difficulty (λ = `lam`)
-  and entropy (μ = `mu`). The loss mask goes out as `tool_mask`: TRL's unchanged
-  `_compute_loss` multiplies `completion_mask` by it and accepts `[B, T]` advantages, so the
-  clipped surrogate, KL and loss normalisation are TRL's own. Logs the per-step metrics.
+  and entropy (μ = `mu`). The loss mask (no loss on forced prefixes) travels under its own
+  key, `srpo_loss_mask`. Logs the per-step metrics.
+- `_compute_loss`: TRL's own (clipped surrogate, KL, loss normalisation; it accepts `[B, T]`
+  advantages), given `srpo_loss_mask` joined to TRL's `tool_mask` (tool-output tokens) as the
+  `tool_mask` it multiplies `completion_mask` by; TRL's tool mask stays its own until then.
 - `_get_train_sampler`: the SRPO schedule (stage 1 on reasoning-heavy prompts, then the full
   mix with history resampling) in place of TRL's `RepeatSampler`.
 - `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the schedule's
@@ -37,11 +39,7 @@ mode is not its choice, so its r_J is left out), and the empty-judge prefix is e
 tokens count toward TRL's completion-length logs; generation still gets
 `max_completion_length` new tokens.
 
-Metrics per generation batch (train): think-on rate (unforced rollouts that chose a mode),
-judge accuracy (unforced, mode == m*), accuracy overall and per mode, tokens per segment
-(judge/think/answer, unforced; prefill not counted), format-error rate, per-domain breakdown.
-They go to the Trainer logs as `srpo/...` (so `report_to` sends them to TensorBoard) and, one
-row per batch, to `rl_metrics.jsonl`; `think_on_rate.png` and `tokens.png` are drawn at the end.
+Metrics: see `training.rl_metrics`.
 
 >>> # config = parse_config(RLConfig, ["--model", "runs/sft", "--data", "runs/data/rl_prompts.jsonl"], prog="autothink rl")
 >>> # run_rl(config)  # -> "runs/rl"
@@ -52,7 +50,7 @@ import copy
 import json
 import logging
 import math
-import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,45 +58,59 @@ from types import SimpleNamespace
 import torch
 import trl
 from accelerate.utils import gather_object
+from torch.utils.data import Sampler
 
-from autothink.algorithms import (
-    SEG_JUDGE,
-    SEG_RESPONSE,
+from autothink.algorithms.advantages import (
     group_normalize,
     rescale_advantages,
     sample_entropy,
-    segment_advantages,
-    segment_ids,
-    step_srpo_rewards,
 )
-from autothink.format import SPECIAL_TOKENS, THINK, THINK_END, forced_prefix, parse
-from autothink.rl_data import (
-    MODES,
-    PromptSchedule,
-    SRPOSampler,
+from autothink.algorithms.masks import segment_advantages, segment_ids, segment_lengths
+from autothink.algorithms.rewards import (
     completion_text,
-    is_reasoning_heavy,
-    read_rl_prompts,
+    step_srpo_rewards,
     verifier_reward,
+)
+from autothink.algorithms.schedule import (
+    PromptSchedule,
+    forced_modes,
+    is_reasoning_heavy,
+)
+from autothink.format import (
+    MODES,
+    SPECIAL_TOKENS,
+    THINK,
+    THINK_END,
+    forced_prefix,
+    parse,
+)
+from autothink.models import load_student
+from autothink.records.rl_prompts import read_rl_prompts
+from autothink.training.args import TrainerDefaults, resume_point
+from autothink.training.rl_metrics import (
+    METRICS_FILE,
+    drop_rows_from,
+    plot_rl_metrics,
+    read_metrics,
+    srpo_metrics,
 )
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "rl_metrics.jsonl"
 SCHEDULE_FILE = "srpo_schedule.json"
+LOSS_MASK = "srpo_loss_mask"  # the generation batch's key of Step-SRPO's per-token loss mask [B, T]
 LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo", "cispo", "sapo")  # token-level: per-token advantages apply
 
 
 @dataclass
-class RLConfig(trl.GRPOConfig):
+class RLConfig(TrainerDefaults, trl.GRPOConfig):
     """`autothink rl`: TRL's `GRPOConfig` (every TrainingArguments/GRPO flag) plus Step-SRPO's own.
 
     δ is `mode_delta`, not `delta`: `GRPOConfig.delta` is TRL's two-sided clipping bound.
-    Defaults differ from TRL's where a 2-core CPU run needs it (fp32 unless a bf16 GPU is
-    present, no gradient checkpointing, log every step). `max_steps` unset (-1) runs
-    `stage1_steps` plus `num_train_epochs` passes over the full mix (of its original size).
-    `resume_from_checkpoint`: unset resumes from the last checkpoint in `output_dir`, a path
-    from that checkpoint, `no` starts afresh.
+    Defaults differ from TRL's where a 2-core CPU run needs it (`TrainerDefaults`: fp32 unless a
+    bf16 GPU is present, no gradient checkpointing, resume after a kill; log every step).
+    `max_steps` unset (-1) runs `stage1_steps` plus `num_train_epochs` passes over the full mix
+    (of its original size).
     """
 
     model: str = field(default="runs/sft", metadata={"help": "policy: the SFT output dir, an embedded model or hub id"})
@@ -123,19 +135,12 @@ class RLConfig(trl.GRPOConfig):
         "help": "history resampling keeps prompts whose rollouts all failed (as SRPO does)"})
 
     # TrainingArguments / GRPOConfig defaults overridden for small CPU runs
-    bf16: bool | None = field(default=None, metadata={
-        "help": "bf16 mixed precision; default: on for a CUDA GPU that supports it, off elsewhere (fp32 on CPU)"})
-    gradient_checkpointing: bool | None = field(default=None, metadata={
-        "help": "deprecated alias of activation_checkpointing (off unless one of them is set)"})
     logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
     save_steps: float = field(default=50, metadata={"help": "save a checkpoint every N optimizer steps"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep only the last N checkpoints"})
     max_completion_length: int | None = field(default=256, metadata={"help": "new tokens per rollout"})
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = (not self.fp16 and not self.use_cpu and torch.cuda.is_available()
-                         and torch.cuda.is_bf16_supported())
         super().__post_init__()
         for name, lo, hi in (("forced_fraction", 0, 1), ("mode_delta", 0, 1), ("gamma", 0, 1)):
             if not lo <= getattr(self, name) <= hi:
@@ -151,95 +156,27 @@ class RLConfig(trl.GRPOConfig):
                              f"one of {', '.join(LOSS_TYPES)}")
 
 
-# --------------------------------------------------------------------------- pure helpers
+class SRPOSampler(Sampler[int]):
+    """Indices for TRL's GRPO dataloader from a `PromptSchedule` (the layout of TRL's `RepeatSampler`).
 
-
-def forced_modes(n_local: int, process_index: int, group_size: int, fraction: float, seed: int,
-                 step: int) -> list[str | None]:
-    """The forced mode ("on"/"off") or None of each local rollout.
-
-    Rollouts are numbered globally (process_index · n_local + i, TRL's layout) and grouped by
-    G = `group_size` in a row. In a group, the last n rollouts are forced, n = ⌊ρG⌋ plus one
-    with probability frac(ρG); they alternate on/off from a random first mode. Randomness is
-    seeded by (seed, step, group), so a resumed run draws the same.
-
-    >>> forced_modes(8, 0, 4, 0.5, seed=0, step=0)[:4].count(None)
-    2
+    Each generation batch of the schedule is yielded `repeat_count` times (TRL generates once
+    per `num_iterations × steps_per_generation` micro-steps and ignores the repeats' content),
+    each prompt `group_size` times in a row. Finite: `num_batches` generation batches.
     """
-    out = []
-    for i in range(n_local):
-        g, pos = divmod(process_index * n_local + i, group_size)
-        rng = random.Random(f"{seed}:{step}:{g}")
-        whole, frac = divmod(fraction * group_size, 1.0)
-        n = int(whole) + (rng.random() < frac)
-        first = rng.randrange(2)
-        k = pos - (group_size - n)  # index among the group's forced rollouts
-        out.append(MODES[(first + k) % 2] if k >= 0 else None)
-    return out
 
+    def __init__(self, schedule: PromptSchedule, group_size: int, repeat_count: int, num_batches: int):
+        self.schedule, self.group_size, self.repeat_count, self.num_batches = (
+            schedule, group_size, repeat_count, num_batches)
 
-def segment_lengths(completion_ids: torch.Tensor, segments: torch.Tensor, completion_mask: torch.Tensor,
-                    prefill_lengths: list[int], think_id: int, think_end_id: int) -> dict[str, list[int]]:
-    """Generated tokens per segment of each completion: judge, think (`<think>` through `</think>`,
-    or to the end when unclosed) and answer (the rest); prefilled tokens are not counted.
+    def __len__(self) -> int:
+        return self.num_batches * self.schedule.prompts_per_batch * self.repeat_count * self.group_size
 
-    Returns:
-        {"judge": [B], "think": [B], "answer": [B]} token counts.
-    """
-    out = {"judge": [], "think": [], "answer": []}
-    for row, seg, mask, start in zip(completion_ids.tolist(), segments.tolist(), completion_mask.tolist(),
-                                     prefill_lengths):
-        valid = [j for j in range(len(row)) if mask[j] and j >= start]
-        begin = row.index(think_id) if think_id in row else None
-        end = row.index(think_end_id, begin) if begin is not None and think_end_id in row[begin:] else len(row)
-        think = [j for j in valid if seg[j] == SEG_RESPONSE and begin is not None and begin <= j <= end]
-        out["judge"].append(sum(seg[j] == SEG_JUDGE for j in valid))
-        out["think"].append(len(think))
-        out["answer"].append(sum(seg[j] == SEG_RESPONSE for j in valid) - len(think))
-    return out
-
-
-def _mean(values) -> float | None:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else None
-
-
-def srpo_metrics(modes, forced, well_formed, correct, correct_mode, judge_reward, answer_reward, domains,
-                 lengths: dict[str, list[int]]) -> dict[str, float | None]:
-    """Step-SRPO metrics of one batch (every argument per rollout); None where undefined.
-
-    think_on_rate: unforced rollouts with a mode, share "on". judge_accuracy: unforced rollouts,
-    share with a valid mode equal to m*. accuracy[_on|_off]: verifier pass rate (of rollouts in
-    that mode, forced included). tokens_*: mean generated tokens per segment, unforced rollouts.
-    """
-    n = len(modes)
-    free = [i for i in range(n) if not forced[i]]
-    decided = [i for i in free if modes[i] is not None]
-    decided_set = set(decided)
-    m = {
-        "think_on_rate": _mean(modes[i] == "on" for i in decided),
-        "judge_accuracy": _mean(judge_reward[i] for i in free),
-        "accuracy": _mean(correct),
-        "accuracy_on": _mean(correct[i] for i in range(n) if modes[i] == "on"),
-        "accuracy_off": _mean(correct[i] for i in range(n) if modes[i] == "off"),
-        "format_error_rate": _mean(not w for w in well_formed),
-        "mode_missing_rate": _mean(modes[i] is None for i in free),
-        "forced_rate": _mean(forced),
-        "correct_mode_on_rate": _mean(c == "on" for c in correct_mode),
-        "judge_reward": _mean(judge_reward),
-        "answer_reward": _mean(answer_reward),
-        **{f"tokens_{k}": _mean(lengths[k][i] for i in free) for k in ("judge", "think", "answer")},
-        "tokens_total": _mean(sum(lengths[k][i] for k in lengths) for i in range(n)),
-    }
-    for d in sorted(set(domains)):
-        rows = [i for i in range(n) if domains[i] == d]
-        m[f"domain/{d}/accuracy"] = _mean(correct[i] for i in rows)
-        m[f"domain/{d}/think_on_rate"] = _mean(modes[i] == "on" for i in rows if i in decided_set)
-        m[f"domain/{d}/judge_accuracy"] = _mean(judge_reward[i] for i in rows if not forced[i])
-    return m
-
-
-# --------------------------------------------------------------------------- the trainer
+    def __iter__(self) -> Iterator[int]:
+        for _, batch in zip(range(self.num_batches), self.schedule.batches()):
+            for _ in range(self.repeat_count):
+                for index in batch:
+                    for _ in range(self.group_size):
+                        yield index
 
 
 class StepSRPOTrainer(trl.GRPOTrainer):
@@ -247,7 +184,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
 
     Args:
         model: the policy (with the AutoThink tokens: `format.add_autothink_tokens`).
-        args: an `RLConfig`. train_dataset: rows of `rl_data.read_rl_prompts` as a `datasets.Dataset`.
+        args: an `RLConfig`. train_dataset: rows of `records.rl_prompts.read_rl_prompts` as a `datasets.Dataset`.
         processing_class: the tokenizer. eval_dataset, callbacks, peft_config: as for GRPOTrainer.
             `args.max_steps` <= 0 is filled in: stage-1 steps plus `num_train_epochs` passes over the mix.
 
@@ -285,7 +222,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
             args.max_steps = max(1, batches * repeat // accum)
         self._num_batches = math.ceil(args.max_steps * accum / repeat)
 
-    # ---- override points (guarded by tests/test_rl.py::test_trl_contract)
+    # ---- override points (pinned by tests/contracts/test_trl.py)
 
     def _get_train_sampler(self, dataset=None):
         repeat = self.num_iterations * self.args.steps_per_generation
@@ -313,8 +250,20 @@ class StepSRPOTrainer(trl.GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        output.update(self._srpo_advantages(output))
+        forced = [r["forced"] for r in self._scored.rows]
+        local = self._local(output["completion_ids"].size(0))
+        segments, loss_mask = segment_ids(output["completion_ids"], self.tag_ids, forced[local],
+                                          output["completion_mask"], self._prefill)
+        loss_mask = loss_mask.to(output["completion_mask"].dtype)
+        trained = loss_mask * output["tool_mask"] if "tool_mask" in output else loss_mask
+        output.update(advantages=self._advantages(output, segments, loss_mask), **{LOSS_MASK: loss_mask},
+                      num_items_in_batch=self.accelerator.gather(trained.sum()).sum())
+        self._log_batch(output, segments)
         return output
+
+    def _compute_loss(self, model, inputs):
+        mask = inputs[LOSS_MASK] * inputs["tool_mask"] if "tool_mask" in inputs else inputs[LOSS_MASK]
+        return super()._compute_loss(model, {**inputs, "tool_mask": mask})
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -366,17 +315,11 @@ class StepSRPOTrainer(trl.GRPOTrainer):
                 batch_size=self.args.per_device_train_batch_size, compute_entropy=True)
         return sample_entropy(entropy, loss_mask)
 
-    def _srpo_advantages(self, output: dict) -> dict:
-        """Per-token advantages and loss mask of the local rows; logs the batch metrics."""
+    def _advantages(self, output: dict, segments: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token advantages [B, T] of the local rows: r_J on judge tokens, r_A on the rest."""
         s, args = self._scored, self.args
-        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        local = self._local(completion_ids.size(0))
-        forced = [r["forced"] for r in s.rows]
-        segments, loss_mask = segment_ids(completion_ids, self.tag_ids, forced[local], completion_mask, self._prefill)
-        if "tool_mask" in output:
-            loss_mask = loss_mask * output["tool_mask"]
-
         scale = self.scale_rewards != "none"
+        forced = [r["forced"] for r in s.rows]
         judge_adv = group_normalize(s.judge, s.groups, scale=scale, include=[not f for f in forced])
         answer_adv = group_normalize(s.answer, s.groups, scale=scale)
         if args.lam or args.mu:
@@ -384,9 +327,14 @@ class StepSRPOTrainer(trl.GRPOTrainer):
                        else torch.zeros(len(s.rows)))
             judge_adv, answer_adv = (rescale_advantages(a, s.groups, s.correct, entropy, args.lam, args.mu)
                                      for a in (judge_adv, answer_adv))
-        advantages = segment_advantages(segments, judge_adv[local], answer_adv[local])
+        local = self._local(segments.size(0))
+        return segment_advantages(segments, judge_adv[local], answer_adv[local])
 
-        lengths = segment_lengths(completion_ids, segments, completion_mask, self._prefill,
+    def _log_batch(self, output: dict, segments: torch.Tensor) -> None:
+        """The batch's Step-SRPO metrics to the Trainer logs and `rl_metrics.jsonl`; its rewards to the schedule."""
+        s = self._scored
+        forced = [r["forced"] for r in s.rows]
+        lengths = segment_lengths(output["completion_ids"], segments, output["completion_mask"], self._prefill,
                                   self.tag_ids[THINK], self.tag_ids[THINK_END])
         lengths = {k: gather_object(v) for k, v in lengths.items()}
         metrics = srpo_metrics([r["mode"] for r in s.rows], forced, [r["well_formed"] for r in s.rows], s.correct,
@@ -396,17 +344,15 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         for key, value in metrics.items():
             if value is not None:
                 self._metrics[mode][f"srpo/{key}"].append(value)
-        if mode == "train":
-            self.schedule.record([r["id"] for r in s.rows], s.judge.tolist(), s.answer.tolist(), forced)
-            if self.accelerator.is_main_process:
-                self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-                stage = 1 if self.state.global_step < args.stage1_steps else 2
-                with open(self.metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": self.state.global_step, "stage": stage,
-                                        "prompts": len({r["id"] for r in s.rows}), **metrics}) + "\n")
-        loss_mask = loss_mask.to(completion_mask.dtype)
-        return {"advantages": advantages, "tool_mask": loss_mask,
-                "num_items_in_batch": self.accelerator.gather(loss_mask.sum()).sum()}
+        if mode != "train":
+            return
+        self.schedule.record([r["id"] for r in s.rows], s.judge.tolist(), s.answer.tolist(), forced)
+        if self.accelerator.is_main_process:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            stage = 1 if self.state.global_step < self.args.stage1_steps else 2
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.state.global_step, "stage": stage,
+                                    "prompts": len({r["id"] for r in s.rows}), **metrics}) + "\n")
 
     def resume_schedule(self, checkpoint: str) -> None:
         """Restore the SRPO schedule saved with `checkpoint`; drop metric rows of steps not yet replayed."""
@@ -415,56 +361,11 @@ class StepSRPOTrainer(trl.GRPOTrainer):
             self.schedule.load_state_dict(json.loads(path.read_text()))
         else:
             logger.warning("%s has no %s: the SRPO schedule restarts without history", checkpoint, SCHEDULE_FILE)
-        if self.accelerator.is_main_process and self.metrics_path.exists():
-            lines = self.metrics_path.read_text().splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] < self.state.global_step]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        if self.accelerator.is_main_process:
+            drop_rows_from(self.metrics_path, self.state.global_step)
 
 
 # --------------------------------------------------------------------------- plots and the run
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of `rl_metrics.jsonl`, one per step (the last row of a step wins), by step."""
-    rows = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["step"]] = row
-    return [rows[k] for k in sorted(rows)]
-
-
-def plot_rl_metrics(metrics_path: str | Path, output_dir: str | Path) -> list[str]:
-    """Draw `think_on_rate.png` (with judge accuracy and accuracy) and `tokens.png` (per segment) over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(metrics_path)
-    steps = [r["step"] for r in rows]
-    stage1_end = max((r["step"] for r in rows if r.get("stage") == 1), default=None)
-    paths = []
-    for name, keys, ylabel in (("think_on_rate.png", ("think_on_rate", "judge_accuracy", "accuracy"), "rate"),
-                               ("tokens.png", ("tokens_judge", "tokens_think", "tokens_answer"), "tokens per rollout")):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key in keys:
-            ax.plot(steps, [math.nan if r.get(key) is None else r[key] for r in rows], marker="o", ms=3,
-                    label=key.replace("tokens_", ""))
-        if stage1_end is not None:
-            ax.axvline(stage1_end + 0.5, color="grey", ls="--", lw=1, label="end of stage 1")
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        if ylabel == "rate":
-            ax.set_ylim(-0.02, 1.02)
-        ax.legend()
-        ax.set_title(name[:-4].replace("_", " "))
-        fig.tight_layout()
-        path = Path(output_dir) / name
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(str(path))
-    return paths
 
 
 def to_dataset(rows: list[dict]):
@@ -484,11 +385,9 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
         FileNotFoundError: no data file. RecordError (ValueError): a bad prompt row (file:line, id).
         ValueError: an unloadable model, a bad option, a missing `resume_from_checkpoint` dir.
     """
-    from autothink.sft import _resume_point, load_student
-
     rows = read_rl_prompts(config.data)  # bad data fails before the model loads
-    resume = _resume_point(config)
-    model, tokenizer = load_student(config)
+    resume = resume_point(config.resume_from_checkpoint, config.output_dir)
+    model, tokenizer = load_student(config.model, seed=config.seed, model_init_kwargs=config.model_init_kwargs)
     model.config.use_cache = True  # rollouts decode with the KV cache (an SFT checkpoint may have saved it off)
     args = copy.copy(config)
     args.model_init_kwargs = None  # the policy is loaded already

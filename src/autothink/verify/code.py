@@ -21,8 +21,8 @@ import secrets
 import types
 from typing import Any, Mapping
 
-from autothink.sandbox import RunResult, run_many, run_python
 from autothink.verify.registry import Verdict, answer_text, register
+from autothink.verify.sandbox import RunResult, run_many, run_python
 
 _FENCE_RE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
 _PYTHON_TAGS = {"python", "python3", "py"}

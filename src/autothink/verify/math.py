@@ -26,7 +26,8 @@ def _gold_text(reference) -> str:
 
 def check(prediction: str, reference, timeout_s: int = 5) -> Verdict:
     """Compare on the calling thread, with math-verify's own (main-thread-only) time limits."""
-    from math_verify import parse, verify as mv_verify
+    from math_verify import parse
+    from math_verify import verify as mv_verify
 
     answer = answer_text(prediction)
     try:
