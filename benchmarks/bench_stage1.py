@@ -50,8 +50,6 @@ import time
 from pathlib import Path
 
 import torch
-
-from autothink.algorithms.uld import IGNORE_INDEX, mtp_distill_loss, sorted_probs
 from autothink.distill import (
     DistillCollator,
     DistillConfig,
@@ -61,6 +59,8 @@ from autothink.distill import (
     precompute_teacher,
     teacher_logits,
 )
+
+from autothink.algorithms.uld import IGNORE_INDEX, mtp_distill_loss, sorted_probs
 from autothink.format import THINK_OFF, THINK_ON
 from autothink.models import resolve
 from autothink.tasks import load_suite

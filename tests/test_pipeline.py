@@ -1,6 +1,5 @@
 """`autothink run RECIPE.yaml`: recipe checks before any work, stage wiring, skip-when-done, and the
 shipped recipes and accelerate configs."""
-import json
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,6 @@
 """The algorithm core: losses, rewards, advantages, masks and schedules as plain functions.
 
-No TRL, transformers or accelerate import (tests/test_advantages.py checks), so every formula
+No TRL, transformers or accelerate import (tests/test_layout.py checks), so every formula
 is tested alone and could move to another engine. One module per concern:
 
 - `uld`: the ULD loss across vocabularies, its row pairing, CE, the MTP distillation total.

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autothink.data.agents import Agent
-from autothink.inference.backend import Backend, make_backend
+from autothink.inference.backend import Backend
+from autothink.inference.spec import make_backend
 from autothink.records.jsonl import RecordError, read_jsonl
 from autothink.tasks import SUITES, Task, load_suite, parse_suite
 from autothink.verify import verify

@@ -27,12 +27,8 @@ from autothink.format import (
     parse,
     render,
 )
-from autothink.inference.backend import (
-    Backend,
-    BackendError,
-    SamplingParams,
-    make_backend,
-)
+from autothink.inference.backend import Backend, BackendError, SamplingParams
+from autothink.inference.spec import make_backend
 from autothink.records.jsonl import load_done, write_jsonl
 from autothink.tasks import SUITES, Task, load_suite, parse_suite
 from autothink.verify import verify_many

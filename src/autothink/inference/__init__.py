@@ -13,8 +13,8 @@ from autothink.inference.backend import BackendError as BackendError
 from autothink.inference.backend import Completion as Completion
 from autothink.inference.backend import Conversation as Conversation
 from autothink.inference.backend import SamplingParams as SamplingParams
-from autothink.inference.backend import make_backend as make_backend
 from autothink.inference.respond import Reply as Reply
 from autothink.inference.respond import respond as respond
 from autothink.inference.respond import respond_stream as respond_stream
 from autothink.inference.respond import split_reasoning as split_reasoning
+from autothink.inference.spec import make_backend as make_backend

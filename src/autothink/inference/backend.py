@@ -1,6 +1,6 @@
 """One interface for every LLM call: sample n completions for each of a batch of chat conversations.
 
-    backend = make_backend("local:smollm2-135m-instruct")        # a local HF model
+    backend = make_backend("local:smollm2-135m-instruct")        # a local HF model (`inference.spec`)
     backend = make_backend("http://localhost:8000/v1#my-model")  # any OpenAI-compatible server
     outs = backend.generate([[{"role": "user", "content": "2+2?"}]], SamplingParams(n=4), thinking="auto")
     outs[0][3].text, outs[0][3].finish_reason, outs[0][3].tokens
@@ -171,52 +171,3 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
-
-
-def make_backend(spec: str, **options) -> Backend:
-    """Build a backend from a string.
-
-    - `"local:<model>"` or a bare `<model>` (embedded name, model directory, hub id) → `LocalBackend`;
-      options go to `LocalBackend.from_pretrained` (`device`, `dtype`, `batch_size`).
-    - `"http://host:port[/v1][#model-name]"` / `"https://..."` → `HTTPBackend`; options go to it.
-    - `"reference:<tasks.jsonl>"` → `ReferenceBackend`: the tasks' own reference solutions.
-
-    Raises:
-        ValueError: the spec is empty or names nothing loadable.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"backend spec must be a non-empty string, got {spec!r}")
-    spec = spec.strip()
-    if spec.startswith("reference:"):
-        from autothink.inference.reference import ReferenceBackend
-        from autothink.tasks import load_tasks
-
-        path = spec[len("reference:"):]
-        if not path:
-            raise ValueError("backend spec 'reference:' needs a tasks JSONL file, e.g. 'reference:runs/data/tagged.jsonl'")
-        return ReferenceBackend(load_tasks(path, ignore_extra=True), name=spec)
-    if spec.startswith(("http://", "https://")):
-        from autothink.inference.http import HTTPBackend
-
-        url, _, model = spec.partition("#")
-        if model and options.get("model") not in (None, model):
-            raise ValueError(f"backend spec {spec!r} names model {model!r} but model={options['model']!r} was given")
-        if model:
-            options["model"] = model
-        return HTTPBackend(url, **options)
-    from autothink.inference.local import LocalBackend
-
-    name = spec[len("local:"):] if spec.startswith("local:") else spec
-    if not name:
-        raise ValueError("backend spec 'local:' needs a model name or directory, e.g. 'local:smollm2-135m-instruct'")
-    if "://" in name:
-        raise ValueError(f"unknown backend spec {spec!r}: only http:// and https:// URLs are supported")
-    from autothink.models import resolve
-
-    try:
-        resolve(name)
-    except ValueError as err:
-        raise ValueError(
-            f"unknown backend spec {spec!r}: use 'local:<model name or dir>' or an http(s):// URL ({err})"
-        ) from None
-    return LocalBackend.from_pretrained(name, **options)

@@ -14,13 +14,9 @@ from typing import ClassVar
 from tqdm import tqdm
 
 from autothink.format import THINKING, install_chat_template
-from autothink.inference.backend import (
-    Backend,
-    Conversation,
-    SamplingParams,
-    make_backend,
-)
+from autothink.inference.backend import Backend, Conversation, SamplingParams
 from autothink.inference.respond import Reply, check_controls, respond, respond_stream
+from autothink.inference.spec import make_backend
 from autothink.records.jsonl import RecordError, read_jsonl, write_jsonl
 from autothink.records.messages import as_messages
 

@@ -46,8 +46,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autothink.format import install_chat_template
-from autothink.inference.backend import Backend, make_backend
+from autothink.inference.backend import Backend
 from autothink.inference.respond import ReasoningSplitter, Reply
+from autothink.inference.spec import make_backend
 from autothink.serve.protocol import (
     DEFAULT_MAX_TOKENS,
     APIError,

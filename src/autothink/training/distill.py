@@ -287,7 +287,8 @@ class DistillTrainer(Trainer):
 
     Overrides `compute_loss` and `log` (adds the loss parts), and two short private methods so
     that an `MTPModel` student checkpoints as base files + heads (`_save`) and resumes from them
-    (`_load_from_checkpoint`); tests/test_distill.py's kill-and-resume test guards them.
+    (`_load_from_checkpoint`); tests/contracts/test_transformers.py pins them, and the
+    kill-and-resume test of tests/training/test_distill.py exercises them.
     """
 
     def __init__(self, *args, teachers: list | None = None, **kwargs):

@@ -15,7 +15,7 @@ well-formed AutoThink response (`<judge>..</judge><think_on|off>..<answer>..</an
   those position ids for the `sdpa`, `eager` and `flex_attention` implementations (all run on
   CPU; `flex_attention` compiles for tens of seconds there), and the flash-attention kernels
   read TRL's `cu_seq_lens` instead; so no token attends across samples and a packed batch gives
-  the per-sample logits and losses of the samples run one by one (tests/test_sft.py checks
+  the per-sample logits and losses of the samples run one by one (tests/training/test_sft.py checks
   this at 1e-5 in fp32). Other attention implementations are refused with packing on.
 - The student gets the AutoThink tokens (`format.add_autothink_tokens`: embeddings resized,
   chat template with the `thinking` kwarg), and the tokenizer is saved with every checkpoint.

@@ -28,9 +28,9 @@ from autothink.inference.backend import (
     BackendError,
     Completion,
     SamplingParams,
-    make_backend,
 )
 from autothink.inference.reference import arithmetic_steps, reference_solution
+from autothink.inference.spec import make_backend
 from autothink.records.jsonl import RecordError, write_jsonl
 from autothink.tasks import load_suite
 

@@ -5,13 +5,9 @@ import torch
 from helpers import varied_tiny
 
 from autothink.format import SPECIAL_TOKENS, forced_prefix
-from autothink.inference.backend import (
-    Backend,
-    Completion,
-    SamplingParams,
-    make_backend,
-)
+from autothink.inference.backend import Backend, Completion, SamplingParams
 from autothink.inference.local import LocalBackend
+from autothink.inference.spec import make_backend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,8 +1,7 @@
-"""`autothink rl`: Step-SRPO on TRL's GRPOTrainer: the TRL contract, forced modes, metrics, rewards/advantages
-wiring on a scripted batch, bad input, and tiny end-to-end runs with resume (data and schedule: test_rl_data.py)."""
+"""`autothink rl`: Step-SRPO on TRL's GRPOTrainer: forced modes, metrics, rewards/advantages wiring on a scripted
+batch, bad input, and tiny end-to-end runs with resume (schedule: algorithms/test_schedule.py; the TRL contract:
+contracts/test_trl.py)."""
 import copy
-import hashlib
-import inspect
 import json
 
 import pytest
@@ -28,65 +27,15 @@ from autothink.records.jsonl import RecordError, write_jsonl
 from autothink.records.rl_prompts import read_rl_prompts
 from autothink.tasks import load_suite
 from autothink.training.rl_metrics import srpo_metrics
-from autothink.training.step_srpo import LOSS_MASK, RLConfig, StepSRPOTrainer, run_rl, to_dataset
+from autothink.training.step_srpo import (
+    LOSS_MASK,
+    RLConfig,
+    StepSRPOTrainer,
+    run_rl,
+    to_dataset,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-# --------------------------------------------------------------------------- the TRL contract
-
-# GRPOTrainer methods that StepSRPOTrainer overrides or relies on: (signature, sha256[:16] of the source) in
-# trl 1.16.0, and what to re-check in autothink/rl.py when TRL changes one of them.
-TRL_CONTRACT = {
-    "_generate_single_turn": (
-        "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)", "e0f02e4fc094cefd",
-        ("it still takes the prompt token ids per row and returns (completion_ids, logprobs) per row, with the "
-        "completion ending at EOS; the forced prefill appends to the prompt ids and prepends to the completion")),
-    "_generate": (
-        "(self, prompts: list)", "2a27fdf8f5e6f356",
-        ("prompt_ids still come from _tokenize_prompts (not from _generate_single_turn), so the prefill ends up in "
-        "the completion; completions are decoded from the returned completion ids")),
-    "_calculate_rewards": (
-        "(self, inputs, prompts, completions, completion_ids_list)", "736ae29b083840b5",
-        ("it still returns the gathered [N_global, n_funcs] rewards, column 0 being verifier_reward, and is called "
-        "once per batch after generation")),
-    "_generate_and_score_completions": (
-        "(self, inputs: list[dict[str, torch.Tensor | typing.Any]]) -> dict[str, torch.Tensor | typing.Any]",
-        "1fa48922792dcd5c",
-        ("its output keeps prompt_ids/prompt_mask/completion_ids/completion_mask/num_items_in_batch in the local "
-        "row order of `inputs`, rows are grouped by num_generations globally, and `advantages`/`tool_mask` are "
-        "only consumed by _compute_loss")),
-    "_compute_loss": (
-        "(self, model, inputs)", "80295546bbdbf6f7",
-        ("it still accepts [B, T] advantages and multiplies completion_mask by inputs['tool_mask'] for the loss "
-        "(Step-SRPO's per-token advantages and forced-prefix mask ride on these)")),
-    "_get_train_sampler": (
-        "(self, dataset: datasets.arrow_dataset.Dataset | None = None) -> torch.utils.data.sampler.Sampler",
-        "36497afb4d311dc9",
-        ("the dataloader still expects RepeatSampler's layout (each prompt G times in a row, each generation batch "
-        "repeated num_iterations × steps_per_generation times), which SRPOSampler reproduces")),
-    "_save_checkpoint": (
-        "(self, model, trial)", "ec91bde123649111",
-        "the checkpoint folder is still <output_dir>/checkpoint-<global_step> when super() returns"),
-    "_load_optimizer_and_scheduler": (
-        "(self, checkpoint)", "5c1772becdfd7fdb",
-        ("it is still called with the checkpoint path after the trainer state is loaded and before the dataloader "
-        "is iterated (the SRPO schedule is restored there)")),
-}
-
-
-def test_trl_contract():
-    assert trl.__version__ == "1.16.0", (
-        f"TRL is {trl.__version__}, the Step-SRPO trainer was written against 1.16.0: re-check every entry of "
-        "TRL_CONTRACT in tests/test_rl.py against autothink/rl.py, then update the pin and the recorded values")
-    for name, (signature, digest, recheck) in TRL_CONTRACT.items():
-        method = getattr(trl.GRPOTrainer, name)
-        got = (str(inspect.signature(method)), hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16])
-        assert got == (signature, digest), (
-            f"trl.GRPOTrainer.{name} changed ({got}); StepSRPOTrainer overrides or relies on it. Re-check that "
-            f"{recheck}; then record the new signature and hash in TRL_CONTRACT")
-    overridden = {n for n, v in vars(StepSRPOTrainer).items() if callable(v) and hasattr(trl.GRPOTrainer, n)}
-    assert overridden - {"__init__"} <= set(TRL_CONTRACT), f"overrides without a contract entry: {overridden}"
 
 
 # --------------------------------------------------------------------------- forced modes and the schedule

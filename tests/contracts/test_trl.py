@@ -1,0 +1,101 @@
+"""The TRL members autothink touches beyond the public API, pinned to trl 1.16.0.
+
+`training/step_srpo.py` overrides seven `GRPOTrainer` methods and calls or reads a few more
+private ones. Each entry records the signature and a hash of the source in the pinned TRL and
+what to re-check when it changes; a TRL upgrade fails here first, loudly, with the list.
+"""
+import hashlib
+import inspect
+
+import trl
+
+from autothink.training.step_srpo import StepSRPOTrainer
+
+# name: (signature, sha256[:16] of the source, what to re-check in autothink/training/step_srpo.py)
+GRPO_METHODS = {
+    "_generate_single_turn": (
+        "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)", "e0f02e4fc094cefd",
+        ("it still takes the prompt token ids per row and returns (completion_ids, logprobs) per row, with the "
+         "completion ending at EOS; the forced prefill appends to the prompt ids and prepends to the completion")),
+    "_generate": (
+        "(self, prompts: list)", "2a27fdf8f5e6f356",
+        ("prompt_ids still come from _tokenize_prompts (not from _generate_single_turn), so the prefill ends up in "
+         "the completion; completions are decoded from the returned completion ids")),
+    "_calculate_rewards": (
+        "(self, inputs, prompts, completions, completion_ids_list)", "736ae29b083840b5",
+        ("it still returns the gathered [N_global, n_funcs] rewards, column 0 being verifier_reward, and is called "
+         "once per batch after generation")),
+    "_generate_and_score_completions": (
+        "(self, inputs: list[dict[str, torch.Tensor | typing.Any]]) -> dict[str, torch.Tensor | typing.Any]",
+        "1fa48922792dcd5c",
+        ("its output keeps prompt_ids/prompt_mask/completion_ids/completion_mask/num_items_in_batch in the local "
+         "row order of `inputs`, rows are grouped by num_generations globally, every tensor key of the output "
+         "(srpo_loss_mask too) is split into micro-batches, and `advantages` is only consumed by _compute_loss")),
+    "_compute_loss": (
+        "(self, model, inputs)", "80295546bbdbf6f7",
+        ("it still accepts [B, T] advantages and multiplies completion_mask by inputs['tool_mask'] for the loss "
+         "only (not for attention), which is where Step-SRPO's mask joins TRL's tool mask")),
+    "_get_train_sampler": (
+        "(self, dataset: datasets.arrow_dataset.Dataset | None = None) -> torch.utils.data.sampler.Sampler",
+        "36497afb4d311dc9",
+        ("the dataloader still expects RepeatSampler's layout (each prompt G times in a row, each generation batch "
+         "repeated num_iterations × steps_per_generation times), which SRPOSampler reproduces")),
+    "_save_checkpoint": (
+        "(self, model, trial)", "ec91bde123649111",
+        "the checkpoint folder is still <output_dir>/checkpoint-<global_step> when super() returns"),
+    "_load_optimizer_and_scheduler": (
+        "(self, checkpoint)", "5c1772becdfd7fdb",
+        ("it is still called with the checkpoint path after the trainer state is loaded and before the dataloader "
+         "is iterated (the SRPO schedule is restored there)")),
+    "_get_per_token_logps_and_entropies": (
+        "(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, "
+        "compute_aux_loss=False, pixel_values=None, image_grid_thw=None, num_images=None, pixel_attention_mask=None, "
+        "spatial_shapes=None, num_tiles=None, image_sizes=None, token_type_ids=None, mm_token_type_ids=None, "
+        "image_position_ids=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]",
+        "ea73c3909275851d",
+        "it still returns (logps, entropies, aux) with entropies [B, logits_to_keep] when compute_entropy (for μ)"),
+    "_log_completion_extra": (
+        "(self, column: str, values: list)", "afe43ddaa96cfd5c",
+        "it still adds one column of per-local-row values to the completion tables"),
+    "_get_output_dir": (
+        "(self, trial: 'optuna.Trial | dict[str, Any] | None') -> str", "97172085342ac46c",
+        "it still returns the run's output dir, which holds the checkpoint-N folders"),
+}
+
+# Source lines that must still be in TRL: (where, line, why autothink relies on it).
+GRPO_SOURCE = [
+    ("__init__", 'self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}',
+     "srpo/... metrics are appended to self._metrics[mode][key] and logged with TRL's own"),
+    ("__init__", "self.num_generations_eval", "the eval group size of Step-SRPO's groups"),
+    ("_compute_loss", 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]',
+     "the loss mask of Step-SRPO (no loss on forced prefixes) reaches the loss through inputs['tool_mask']"),
+]
+
+
+def _digest(method) -> tuple[str, str]:
+    return str(inspect.signature(method)), hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
+
+
+def test_trl_is_the_pinned_version():
+    assert trl.__version__ == "1.16.0", (
+        f"TRL is {trl.__version__}; the Step-SRPO trainer was written against 1.16.0: re-check every entry of "
+        "tests/contracts/test_trl.py against autothink/training/step_srpo.py, then update the pin and the values")
+
+
+def test_grpo_methods_are_unchanged():
+    for name, (signature, digest, recheck) in GRPO_METHODS.items():
+        got = _digest(getattr(trl.GRPOTrainer, name))
+        assert got == (signature, digest), (
+            f"trl.GRPOTrainer.{name} changed ({got}); StepSRPOTrainer overrides or relies on it. Re-check that "
+            f"{recheck}; then record the new signature and hash here")
+
+
+def test_grpo_source_lines_are_still_there():
+    for where, line, why in GRPO_SOURCE:
+        assert line in inspect.getsource(getattr(trl.GRPOTrainer, where)), (
+            f"trl.GRPOTrainer.{where} no longer has `{line}`: {why}")
+
+
+def test_every_override_has_an_entry():
+    overridden = {n for n, v in vars(StepSRPOTrainer).items() if callable(v) and hasattr(trl.GRPOTrainer, n)}
+    assert overridden - {"__init__"} <= set(GRPO_METHODS), f"overrides without a contract entry: {overridden}"
