@@ -1,11 +1,11 @@
-# Two entry points (see README): `make quickstart` and `make test`.
+# Two entry points (see README): `make quickstart` and `make test`; `make lint` checks the style.
 # GPU users: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps quickstart test bench
+.PHONY: setup system-deps quickstart test lint bench
 
 system-deps:  ## bubblewrap isolates model-written code (Debian/Ubuntu package)
 	@command -v bwrap >/dev/null || { \
@@ -30,6 +30,9 @@ quickstart: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sandbox.py

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from helpers import varied_tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +12,7 @@ from autothink.format import (
     parse,
     render,
 )
+from helpers import varied_tiny
 
 # Text that holds no AutoThink tag, though it may hold angle brackets and tag-like words.
 plain = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60).filter(
@@ -58,7 +58,10 @@ def test_parse_non_string_input():
         ("pre<judge>j</judge><think_off><answer>a</answer>", "text outside segments: 'pre'"),
         ("<judge>j</judge><think_off><answer>a</answer>post", "text outside segments: 'post'"),
         ("<judge>j</judge>x<think_off><answer>a</answer>", "text outside segments: 'x'"),
-        ("<think_off><answer>a</answer><judge>j</judge>", "tags out of order: <think_off><answer></answer><judge></judge>"),
+        (
+            "<think_off><answer>a</answer><judge>j</judge>",
+            "tags out of order: <think_off><answer></answer><judge></judge>",
+        ),
     ],
 )
 def test_parse_reports_what_is_wrong(text, error):

@@ -3,7 +3,6 @@ loss of `autothink.algorithms.advantages`, against hand-computed values."""
 
 import pytest
 import torch
-from reference import policy_loss
 
 from autothink.algorithms.advantages import (
     group_normalize,
@@ -19,6 +18,7 @@ from autothink.algorithms.masks import (
 )
 from autothink.algorithms.rewards import step_srpo_rewards
 from autothink.algorithms.schedule import history_resample
+from reference import policy_loss
 
 G = 0.5  # gamma
 

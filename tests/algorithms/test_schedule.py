@@ -3,7 +3,6 @@ import json
 from itertools import chain
 
 import pytest
-from helpers import rl_prompt_rows
 
 from autothink.algorithms.rewards import verifier_reward
 from autothink.algorithms.schedule import PromptSchedule
@@ -11,6 +10,7 @@ from autothink.records.jsonl import RecordError, write_jsonl
 from autothink.records.rl_prompts import read_rl_prompts
 from autothink.tasks import load_suite
 from autothink.training.step_srpo import SRPOSampler
+from helpers import rl_prompt_rows
 
 TASKS = load_suite("arithmetic", n=4)
 

@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
-from helpers import varied_tiny
 
 from autothink.inference.backend import (
     Backend,
@@ -23,6 +22,7 @@ from autothink.inference.http import HTTPBackend
 from autothink.inference.local import LocalBackend
 from autothink.inference.respond import respond
 from autothink.serve import create_app, running_server
+from helpers import varied_tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,7 +181,8 @@ def test_cache(server, tmp_path):
     again = HTTPBackend(url, model="tiny", max_retries=0, cache_dir=cache).generate(CONVS, params)
     assert again == first and chat_requests(app) - before == 3
     # Any different parameter misses the cache.
-    for other in (SamplingParams(n=2, temperature=0.7, max_tokens=6, seed=4), SamplingParams(n=2, temperature=0.7, max_tokens=5, seed=3)):
+    for other in (SamplingParams(n=2, temperature=0.7, max_tokens=6, seed=4),
+                  SamplingParams(n=2, temperature=0.7, max_tokens=5, seed=3)):
         count = chat_requests(app)
         backend.generate(CONVS[:1], other)
         assert chat_requests(app) - count == 1
@@ -209,19 +210,25 @@ def test_unreachable_url_fails_fast_with_the_url():
         backend.generate(CONVS[:1], GREEDY)
     assert time.monotonic() - start < 5
     with pytest.raises(BackendError, match=f"{url}/v1"):  # model discovery too
-        HTTPBackend(url, max_retries=0).name
+        _ = HTTPBackend(url, max_retries=0).name
 
 
 # -- against scripted stdlib servers ----------------------------------------------------------
 def completion_body(texts, prompt_tokens=5, completion_tokens=None):
     return {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
         "choices": [
             {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
             for i, t in enumerate(texts)
         ],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens or 2 * len(texts),
-                  "total_tokens": prompt_tokens + (completion_tokens or 2 * len(texts))},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens or 2 * len(texts),
+            "total_tokens": prompt_tokens + (completion_tokens or 2 * len(texts)),
+        },
     }
 
 

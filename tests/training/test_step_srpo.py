@@ -7,8 +7,6 @@ import json
 import pytest
 import torch
 import trl
-from helpers import rl_prompt_rows
-from reference import policy_loss
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from autothink.algorithms import (
@@ -34,6 +32,8 @@ from autothink.training.step_srpo import (
     run_rl,
     to_dataset,
 )
+from helpers import rl_prompt_rows
+from reference import policy_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -213,7 +213,7 @@ def _run_cases(program: str, cases: list[tuple[str, str]], options: dict[str, An
     workers = options.pop("workers", None) or min(len(cases), os.cpu_count() or 1)
     results = run_many([(program, stdin) for stdin, _ in cases], workers=workers, **options)
     failures = []
-    for n, ((stdin, expected), result) in enumerate(zip(cases, results), 1):
+    for n, ((_, expected), result) in enumerate(zip(cases, results), 1):
         got = normalize_output(result.stdout)
         if not result.ok:
             why = _stop_reason(result) if result.killed_reason else f"exit status {result.returncode}"
