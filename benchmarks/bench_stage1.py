@@ -217,8 +217,7 @@ def instrumented_step(arm: Arm, batch: dict) -> tuple[dict[str, float], dict[str
         notes["teacher rows softmaxed+sorted now (B x N)"] = valid.numel()
         notes["  of which paired rows"] = int(valid.sum())
         notes["teacher output-head rows (B x U, U = union of positions)"] = valid.shape[0] * len(
-            batch["teacher_index"][valid].unique()
-        )
+            batch["teacher_index"][valid].unique())
     return times, notes
 
 
@@ -238,37 +237,24 @@ def bench_step(args) -> None:
     steps = args.rounds + 3  # schedule length: the LR never reaches 0 here
     common = {"per_device_train_batch_size": args.batch, "max_length": args.max_length, "max_steps": steps}
     start = time.perf_counter()
-    precompute_cfg = make_config(
-        work / "p",
-        data,
-        teacher=TEACHER,
-        precompute=True,
-        top_k=args.top_k,
-        teacher_logprobs=str(work / "topk"),
-        teacher_batch_size=args.batch,
-        **common,
-    )
+    precompute_cfg = make_config(work / "p", data, teacher=TEACHER, precompute=True, top_k=args.top_k,
+                                 teacher_logprobs=str(work / "topk"), teacher_batch_size=args.batch, **common)
     with contextlib.redirect_stdout(open(os.devnull, "w")):
         written = precompute_teacher(precompute_cfg)["written"]
     precompute_s = time.perf_counter() - start
     arms = [
         Arm("SFT (CE only)", make_config(work / "a", data, w_uld=0.0, mtp_heads=0, **common), steps),
         Arm("KD+MTP+ULD, live teacher", make_config(work / "b", data, teacher=TEACHER, mtp_heads=1, **common), steps),
-        Arm(
-            f"KD+MTP+ULD, top-{args.top_k} teacher",
-            make_config(work / "c", data, teacher_logprobs=str(work / "topk"), mtp_heads=1, **common),
-            steps,
-        ),
+        Arm(f"KD+MTP+ULD, top-{args.top_k} teacher",
+            make_config(work / "c", data, teacher_logprobs=str(work / "topk"), mtp_heads=1, **common), steps),
     ]
     print(f"stage-1 step time: student {STUDENT}, teacher {TEACHER}; {machine()}")
     batches = [[arm.batch(r, args.batch) for arm in arms] for r in range(args.rounds + 1)]
     tokens = [int(b[0]["attention_mask"].sum()) for b in batches]
     resp = [int((b[0]["labels"] != IGNORE_INDEX).sum()) for b in batches]
-    print(
-        f"batch {args.batch}, max_length {args.max_length}; per batch: {statistics.mean(tokens):.0f} tokens, "
-        f"{statistics.mean(resp):.0f} response tokens, padded width "
-        f"{statistics.mean(b[0]['input_ids'].shape[1] for b in batches):.0f} (mean of {len(batches)} batches)"
-    )
+    print(f"batch {args.batch}, max_length {args.max_length}; per batch: {statistics.mean(tokens):.0f} tokens, "
+          f"{statistics.mean(resp):.0f} response tokens, padded width "
+          f"{statistics.mean(b[0]['input_ids'].shape[1] for b in batches):.0f} (mean of {len(batches)} batches)")
     times: dict[str, list[float]] = {arm.name: [] for arm in arms}
     took: dict[str, float] = {}
     for r, round_batches in enumerate(batches):
@@ -278,32 +264,22 @@ def bench_step(args) -> None:
             took[arm.name] = time.perf_counter() - t0
             if r:  # round 0 warms up (allocations, AdamW state)
                 times[arm.name].append(took[arm.name])
-        print(
-            f"  round {r}{' (warm-up, not counted)' if r == 0 else ''}: "
-            + ", ".join(f"{arm.name.split(',')[-1].strip()} {took[arm.name]:.2f}s" for arm in arms),
-            flush=True,
-        )
+        print(f"  round {r}{' (warm-up, not counted)' if r == 0 else ''}: " + ", ".join(
+            f"{arm.name.split(',')[-1].strip()} {took[arm.name]:.2f}s" for arm in arms), flush=True)
     base = statistics.median(times[arms[0].name])
     best = min(times[arms[0].name])
-    print(
-        f"\n{'variant':<32} {'median s/step':>13} {'min':>6} {'max':>6} {'median vs SFT':>13} "
-        f"{'min vs SFT':>10} {'median per-round ratio':>22}"
-    )
+    print(f"\n{'variant':<32} {'median s/step':>13} {'min':>6} {'max':>6} {'median vs SFT':>13} "
+          f"{'min vs SFT':>10} {'median per-round ratio':>22}")
     for arm in arms:
         ts = times[arm.name]
         ratios = [a / b for a, b in zip(ts, times[arms[0].name])]
-        print(
-            f"{arm.name:<32} {statistics.median(ts):>13.2f} {min(ts):>6.2f} {max(ts):>6.2f} "
-            f"{statistics.median(ts) / base:>12.2f}x {min(ts) / best:>9.2f}x {statistics.median(ratios):>21.2f}x"
-        )
-    print(
-        f"one-off top-{args.top_k} precompute of the {n} samples (loading the teacher, its forward, log-softmax, "
-        f"top-k, writing): " + (f"{precompute_s:.1f}s" if written else "reused from --work")
-    )
+        print(f"{arm.name:<32} {statistics.median(ts):>13.2f} {min(ts):>6.2f} {max(ts):>6.2f} "
+              f"{statistics.median(ts) / base:>12.2f}x {min(ts) / best:>9.2f}x {statistics.median(ratios):>21.2f}x")
+    print(f"one-off top-{args.top_k} precompute of the {n} samples (loading the teacher, its forward, log-softmax, "
+          f"top-k, writing): " + (f"{precompute_s:.1f}s" if written else "reused from --work"))
     if args.profile:
-        print(
-            f"\nwhere the time goes (one instrumented step per variant, median of {args.profile} rounds, interleaved):"
-        )
+        print(f"\nwhere the time goes (one instrumented step per variant, median of {args.profile} rounds, "
+              "interleaved):")
         prof: dict[str, list] = {arm.name: [] for arm in arms}
         for r in range(args.profile):
             for arm, batch in zip(arms, batches[1 + r % args.rounds]):
@@ -331,12 +307,11 @@ def heldout_ce(model, features: list[dict], collate, batch: int = 4) -> dict[str
     base.eval()
     with torch.no_grad():
         for lo in range(0, len(features), batch):
-            chunk = features[lo : lo + batch]
+            chunk = features[lo: lo + batch]
             b = collate([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in chunk])
             logits = base(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            ce = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), b["labels"][:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
-            )  # (B, T-1)
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), b["labels"][:, 1:],
+                                                   ignore_index=IGNORE_INDEX, reduction="none")  # (B, T-1)
             for j, f in enumerate(chunk):
                 mask = b["labels"][j, 1:] != IGNORE_INDEX
                 for key in ("all", f["regime"]):
@@ -354,20 +329,14 @@ def accuracy(model, tokenizer, tasks, max_new_tokens: int, batch: int = 8) -> tu
     with torch.no_grad():
         for lo in range(0, len(tasks), batch):
             heads = []
-            for task in tasks[lo : lo + batch]:
+            for task in tasks[lo: lo + batch]:
                 enc = encode(tokenizer, {"prompt": task.messages, "trigger": THINK_OFF, "body": ""}, 10_000)
                 heads.append(enc["input_ids"][: enc["start"]])
             width = max(len(h) for h in heads)
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(h)) + h for h in heads])
             mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads])
-            gen = base.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+            gen = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             outputs += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     base.train()
     passed = [verify(t.verifier, o, t.reference).passed for t, o in zip(tasks, outputs)]
@@ -380,62 +349,35 @@ def bench_quality(args) -> None:
     seen = {r["prompt"] for r in train_rows}
     held_rows = stage1_rows(args.heldout, seed=args.data_seed + 1, exclude=seen)
     tasks = []  # tiers 1-3 (a 135M model gets next to nothing right on 4-5), evenly, no training question
-    for tier, count in zip(
-        (1, 2, 3), (args.eval_tasks - 2 * (args.eval_tasks // 3), args.eval_tasks // 3, args.eval_tasks // 3)
-    ):
+    for tier, count in zip((1, 2, 3), (args.eval_tasks - 2 * (args.eval_tasks // 3), args.eval_tasks // 3,
+                                       args.eval_tasks // 3)):
         pool = load_suite("arithmetic", n=count + 30, difficulty=tier, seed=args.data_seed + 2)
         fresh = {t.prompt: t for t in pool if t.prompt not in seen and t.prompt not in {u.prompt for u in tasks}}
         tasks += list(fresh.values())[:count]
     data = write_jsonl(train_rows, work / "train.jsonl")
     held = write_jsonl(held_rows, work / "heldout.jsonl")
     resolve(STUDENT), resolve(TEACHER)
-    common = {
-        "per_device_train_batch_size": args.batch,
-        "max_length": args.max_length,
-        "max_steps": args.steps,
-        "learning_rate": args.lr,
-        "warmup_steps": args.steps // 10,
-        "seed": args.seed,
-    }
+    common = {"per_device_train_batch_size": args.batch, "max_length": args.max_length, "max_steps": args.steps,
+              "learning_rate": args.lr, "warmup_steps": args.steps // 10, "seed": args.seed}
     print(f"stage-1 KD vs KD+MTP: student {STUDENT}, teacher {TEACHER} (top-{args.top_k}, precomputed); {machine()}")
-    print(
-        f"{args.steps} steps x batch {args.batch} ({len(train_rows)} rows, half think-off arithmetic, half think-on "
-        f"gsm_symbolic), max_length {args.max_length}, lr {args.lr} linear, warm-up {args.steps // 10}, "
-        f"AdamW, clip 1.0, seed {args.seed}, data seed {args.data_seed}; held-out: {len(held_rows)} rows, "
-        f"{len(tasks)} arithmetic tasks (tiers {sorted({t.difficulty for t in tasks})})"
-    )
+    print(f"{args.steps} steps x batch {args.batch} ({len(train_rows)} rows, half think-off arithmetic, half think-on "
+          f"gsm_symbolic), max_length {args.max_length}, lr {args.lr} linear, warm-up {args.steps // 10}, "
+          f"AdamW, clip 1.0, seed {args.seed}, data seed {args.data_seed}; held-out: {len(held_rows)} rows, "
+          f"{len(tasks)} arithmetic tasks (tiers {sorted({t.difficulty for t in tasks})})")
     start = time.perf_counter()
     with contextlib.redirect_stdout(open(os.devnull, "w")):
-        written = precompute_teacher(
-            make_config(
-                work / "p",
-                data,
-                teacher=TEACHER,
-                precompute=True,
-                top_k=args.top_k,
-                teacher_logprobs=str(work / "topk"),
-                teacher_batch_size=args.batch,
-                **common,
-            )
-        )["written"]
-    print(
-        f"teacher top-{args.top_k} precompute: "
-        + (f"{time.perf_counter() - start:.0f}s" if written else "reused from --work"),
-        flush=True,
-    )
+        written = precompute_teacher(make_config(work / "p", data, teacher=TEACHER, precompute=True, top_k=args.top_k,
+                                                 teacher_logprobs=str(work / "topk"), teacher_batch_size=args.batch,
+                                                 **common))["written"]
+    print(f"teacher top-{args.top_k} precompute: " + (f"{time.perf_counter() - start:.0f}s" if written else
+                                                      "reused from --work"), flush=True)
     # made before the trainers: building a TrainingArguments resets the accelerator state they hold
     eval_config = make_config(work / "e", held, w_uld=0.0, mtp_heads=0, **common)
     arms = [
-        Arm(
-            "KD (ULD+CE)",
-            make_config(work / "kd", data, teacher_logprobs=str(work / "topk"), mtp_heads=0, **common),
-            args.steps,
-        ),
-        Arm(
-            "KD+MTP (1 head)",
-            make_config(work / "mtp", data, teacher_logprobs=str(work / "topk"), mtp_heads=1, **common),
-            args.steps,
-        ),
+        Arm("KD (ULD+CE)", make_config(work / "kd", data, teacher_logprobs=str(work / "topk"), mtp_heads=0, **common),
+            args.steps),
+        Arm("KD+MTP (1 head)", make_config(work / "mtp", data, teacher_logprobs=str(work / "topk"), mtp_heads=1,
+                                           **common), args.steps),
     ]
     bases = [getattr(a.model, "base", a.model).state_dict() for a in arms]
     assert all(torch.equal(bases[0][k], bases[1][k]) for k in bases[0]), "the two students must start equal"
@@ -455,11 +397,9 @@ def bench_quality(args) -> None:
         return {"ce": ce, "acc": acc, "outputs": outs, "seconds": time.perf_counter() - t0}
 
     before = evaluate(arms[0])  # both start from the same base weights; the MTP head does not touch the main head
-    print(
-        f"before: held-out CE {before['ce']['all']:.4f} (off {before['ce']['off']:.4f}, on {before['ce']['on']:.4f}), "
-        f"accuracy {before['acc']:.3f}  [{before['seconds']:.0f}s]",
-        flush=True,
-    )
+    ce = before["ce"]
+    print(f"before: held-out CE {ce['all']:.4f} (off {ce['off']:.4f}, on {ce['on']:.4f}), "
+          f"accuracy {before['acc']:.3f}  [{before['seconds']:.0f}s]", flush=True)
     losses = {arm.name: [] for arm in arms}
     seconds = {arm.name: [] for arm in arms}
     for step in range(args.steps):
@@ -469,31 +409,22 @@ def bench_quality(args) -> None:
             losses[arm.name].append(arm.step(batch))
             seconds[arm.name].append(time.perf_counter() - t0)
         if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
-            print(
-                f"  step {step + 1}: "
-                + ", ".join(f"{a.name} loss {statistics.mean(losses[a.name][-5:]):.3f}" for a in arms),
-                flush=True,
-            )
+            print(f"  step {step + 1}: " + ", ".join(
+                f"{a.name} loss {statistics.mean(losses[a.name][-5:]):.3f}" for a in arms), flush=True)
     after = {arm.name: evaluate(arm) for arm in arms}
     print(f"\n{'':<18} {'held-out CE':>11} {'think-off':>9} {'think-on':>9} {'accuracy':>9} {'s/step':>7}")
-    print(
-        f"{'initial student':<18} {before['ce']['all']:>11.4f} {before['ce']['off']:>9.4f} {before['ce']['on']:>9.4f} "
-        f"{before['acc']:>9.3f} {'':>7}"
-    )
+    print(f"{'initial student':<18} {ce['all']:>11.4f} {ce['off']:>9.4f} {ce['on']:>9.4f} "
+          f"{before['acc']:>9.3f} {'':>7}")
     for arm in arms:
         a = after[arm.name]
-        print(
-            f"{arm.name:<18} {a['ce']['all']:>11.4f} {a['ce']['off']:>9.4f} {a['ce']['on']:>9.4f} {a['acc']:>9.3f} "
-            f"{statistics.median(seconds[arm.name]):>7.2f}"
-        )
+        print(f"{arm.name:<18} {a['ce']['all']:>11.4f} {a['ce']['off']:>9.4f} {a['ce']['on']:>9.4f} {a['acc']:>9.3f} "
+              f"{statistics.median(seconds[arm.name]):>7.2f}")
     kd, mtp = (after[a.name] for a in arms)
     n_right = [round(x["acc"] * len(tasks)) for x in (kd, mtp)]
-    print(
-        f"\nKD+MTP vs KD: held-out CE {mtp['ce']['all'] - kd['ce']['all']:+.4f} "
-        f"({100 * (mtp['ce']['all'] / kd['ce']['all'] - 1):+.2f}%), accuracy {mtp['acc'] - kd['acc']:+.3f} "
-        f"({n_right[1]} vs {n_right[0]} of {len(tasks)} tasks); step time "
-        f"{statistics.median(seconds[arms[1].name]) / statistics.median(seconds[arms[0].name]):.2f}x"
-    )
+    print(f"\nKD+MTP vs KD: held-out CE {mtp['ce']['all'] - kd['ce']['all']:+.4f} "
+          f"({100 * (mtp['ce']['all'] / kd['ce']['all'] - 1):+.2f}%), accuracy {mtp['acc'] - kd['acc']:+.3f} "
+          f"({n_right[1]} vs {n_right[0]} of {len(tasks)} tasks); step time "
+          f"{statistics.median(seconds[arms[1].name]) / statistics.median(seconds[arms[0].name]):.2f}x")
     if args.show:
         for t, o_kd, o_mtp in list(zip(tasks, kd["outputs"], mtp["outputs"]))[: args.show]:
             print(f"  {t.prompt!r} gold {t.reference['entry']['answer']}: KD {o_kd!r} | KD+MTP {o_mtp!r}")
@@ -519,11 +450,8 @@ def main() -> None:
         p.add_argument("--max_length", type=int, default=256)
         p.add_argument("--top_k", type=int, default=64, help="precomputed teacher's top k")
         p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
-        p.add_argument(
-            "--work",
-            help="work dir to keep (default: a new temp dir); reruns on the same data reuse "
-            "its precomputed teacher log-probs",
-        )
+        p.add_argument("--work", help="work dir to keep (default: a new temp dir); reruns on the same data reuse "
+                                      "its precomputed teacher log-probs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,10 +58,8 @@ def test_parse_non_string_input():
         ("pre<judge>j</judge><think_off><answer>a</answer>", "text outside segments: 'pre'"),
         ("<judge>j</judge><think_off><answer>a</answer>post", "text outside segments: 'post'"),
         ("<judge>j</judge>x<think_off><answer>a</answer>", "text outside segments: 'x'"),
-        (
-            "<think_off><answer>a</answer><judge>j</judge>",
-            "tags out of order: <think_off><answer></answer><judge></judge>",
-        ),
+        ("<think_off><answer>a</answer><judge>j</judge>",
+         "tags out of order: <think_off><answer></answer><judge></judge>"),
     ],
 )
 def test_parse_reports_what_is_wrong(text, error):

@@ -82,34 +82,26 @@ def test_labels_directives_random_and_prior():
 
 
 # -- judge replies ---------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "reply, expected",
-    [
-        ('{"difficulty": 3, "domain": "math"}', {"difficulty": 3, "domain": "math"}),
-        (
-            'Sure! ```json\n{"difficulty": 2, "domain": "code", "reason": "a {nested} brace"}\n```',
-            {"difficulty": 2, "domain": "code"},
-        ),
-        ('I think {not json} then {"difficulty": "4", "domain": "Tool use"}', {"difficulty": 4, "domain": "tool-use"}),
-    ],
-)
+@pytest.mark.parametrize("reply, expected", [
+    ('{"difficulty": 3, "domain": "math"}', {"difficulty": 3, "domain": "math"}),
+    ('Sure! ```json\n{"difficulty": 2, "domain": "code", "reason": "a {nested} brace"}\n```',
+     {"difficulty": 2, "domain": "code"}),
+    ('I think {not json} then {"difficulty": "4", "domain": "Tool use"}', {"difficulty": 4, "domain": "tool-use"}),
+])
 def test_judge_json_is_found_and_validated(reply, expected):
     tag = validate_tag(parse_json_reply(reply))
     assert {k: tag[k] for k in expected} == expected
 
 
-@pytest.mark.parametrize(
-    "reply, error",
-    [
-        ("difficulty: 3", "no JSON object"),
-        ('{"difficulty": 7, "domain": "math"}', "difficulty must be an integer 1-5"),
-        ('{"difficulty": "hard", "domain": "math"}', "difficulty must be an integer 1-5"),
-        ('{"difficulty": true, "domain": "math"}', "difficulty must be an integer 1-5"),
-        ('{"difficulty": 2, "domain": "cooking"}', "domain must be one of"),
-        ('{"domain": "math"}', "difficulty"),
-        ("[1, 2, 3]", "no JSON object"),
-    ],
-)
+@pytest.mark.parametrize("reply, error", [
+    ("difficulty: 3", "no JSON object"),
+    ('{"difficulty": 7, "domain": "math"}', "difficulty must be an integer 1-5"),
+    ('{"difficulty": "hard", "domain": "math"}', "difficulty must be an integer 1-5"),
+    ('{"difficulty": true, "domain": "math"}', "difficulty must be an integer 1-5"),
+    ('{"difficulty": 2, "domain": "cooking"}', "domain must be one of"),
+    ('{"domain": "math"}', "difficulty"),
+    ('[1, 2, 3]', "no JSON object"),
+])
 def test_malformed_judge_replies_are_rejected(reply, error):
     with pytest.raises((ValueError, KeyError), match=error):
         validate_tag(parse_json_reply(reply))
@@ -140,12 +132,8 @@ def test_split_final_answer():
 # -- stages -----------------------------------------------------------------------------------
 def test_tag_keeps_given_labels_and_falls_back_when_the_judge_fails():
     tagged = tag_record(MATH, None, PROMPTS, threshold=3, retag=False)
-    assert (tagged["difficulty"], tagged["domain"], tagged["regime"], tagged["tag"]["by"]) == (
-        2,
-        "math",
-        "off",
-        "given",
-    )
+    got = (tagged["difficulty"], tagged["domain"], tagged["regime"], tagged["tag"]["by"])
+    assert got == (2, "math", "off", "given")
     failing = agent(lambda p, i: "I cannot answer in JSON")
     record = {**OPEN, "difficulty": None, "domain": None}
     tagged = tag_record(record, failing, PROMPTS, threshold=3, retag=False)
@@ -217,22 +205,14 @@ def test_coldstart_votes_and_renders_judge_then_answer():
 
 
 def test_judge_rationale_keeps_two_sentences_of_the_first_paragraph():
-    assert (
-        first_sentences("Needs two steps. The sum is small! Then more? Yes.\n\nSecond paragraph.")
-        == "Needs two steps. The sum is small!"
-    )
+    assert first_sentences("Needs two steps. The sum is small! Then more? Yes.\n\nSecond paragraph.") == \
+        "Needs two steps. The sum is small!"
     assert first_sentences("One line, no period") == "One line, no period"
     rambling = agent(lambda p, i: "Easy. A direct sum. In one or two sentences, explain why...")
-    out = coldstart_record(
-        MATH,
-        {
-            "on": agent(lambda p, i: "Final answer: 42"),
-            "off": agent(lambda p, i: "Final answer: 42"),
-            "judge": rambling,
-        },
-        PROMPTS,
-        ColdstartConfig(samples=1, random_fraction=0.0, directive_fraction=0.0),
-    )
+    out = coldstart_record(MATH,
+                           {"on": agent(lambda p, i: "Final answer: 42"), "off": agent(lambda p, i: "Final answer: 42"),
+                                  "judge": rambling}, PROMPTS, ColdstartConfig(samples=1, random_fraction=0.0,
+                                                                               directive_fraction=0.0))
     assert parse(out["messages"][-1]["content"]).judge == "Easy. A direct sum."
 
 
@@ -261,12 +241,8 @@ def test_coldstart_fallback_answers_only_where_the_samples_fail(tmp_path):
     bare = coldstart_record(MATH | {"regime": "on"}, agents, PROMPTS, config)
     assert bare["status"] == "rejected"
     # Without a fallback a 0-0 vote is a tie (think-off) and nothing is kept, as before.
-    plain = coldstart_record(
-        GSM | {"regime": "on"},
-        {"on": wrong, "off": wrong, "judge": judge},
-        PROMPTS,
-        ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=0.0),
-    )
+    plain = coldstart_record(GSM | {"regime": "on"}, {"on": wrong, "off": wrong, "judge": judge}, PROMPTS,
+                             ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=0.0))
     assert plain["status"] == "rejected" and plain["label"]["mode"] == "off"
 
 
@@ -364,13 +340,8 @@ def tiny_dir(tmp_path_factory, tiny):
 
 
 def _cli(*args, **kw):
-    return subprocess.Popen(
-        [sys.executable, "-m", "autothink.cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
+    return subprocess.Popen([sys.executable, "-m", "autothink.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
@@ -380,18 +351,8 @@ def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
     save_tasks(load_suite("arithmetic", n=6), queries)
     with open(queries, "a") as f:  # unverifiable queries are labelled by their prior, so some are kept
         f.writelines(json.dumps({"id": f"open-{i}", "prompt": f"Name {i} colors."}) + "\n" for i in range(4))
-    common = [
-        "--on_backend",
-        f"local:{tiny_dir}",
-        "--samples",
-        "2",
-        "--max_tokens",
-        "12",
-        "--workers",
-        "2",
-        "--directive_fraction",
-        "0.3",
-    ]
+    common = ["--on_backend", f"local:{tiny_dir}", "--samples", "2", "--max_tokens", "12", "--workers", "2",
+              "--directive_fraction", "0.3"]
     runs = {}
     for name in ("straight", "resumed"):
         out = tmp_path / name
@@ -410,9 +371,8 @@ def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
         proc = _cli(*args)
         log = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, log
-        runs[name] = {
-            f: (out / f).read_text() for f in ("coldstart.records.jsonl", "coldstart.jsonl", "rl_prompts.jsonl")
-        }
+        runs[name] = {f: (out / f).read_text() for f in ("coldstart.records.jsonl", "coldstart.jsonl",
+                                                         "rl_prompts.jsonl")}
     assert runs["resumed"] == runs["straight"]
     records = [json.loads(line) for line in runs["straight"]["coldstart.records.jsonl"].splitlines()]
     assert len(records) == 10 and len({r["id"] for r in records}) == 10
@@ -465,27 +425,19 @@ def test_edited_prompt_templates_are_used(tmp_path):
 def test_report_counts_and_plots(tmp_path):
     from autothink.data.report import stats, write_report
 
-    tagged = [
-        {**MATH, "id": f"q{i}", "regime": "on" if i < 2 else "off", "difficulty": 1 + i % 3, "tag": {"by": "heuristic"}}
-        for i in range(5)
-    ]
+    tagged = [{**MATH, "id": f"q{i}", "regime": "on" if i < 2 else "off", "difficulty": 1 + i % 3,
+               "tag": {"by": "heuristic"}} for i in range(5)]
     (tmp_path / "tagged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tagged))
-    synth = [
-        {"id": "q0", "status": "kept"},
-        {"id": "q1", "status": "rejected", "reason": "not verified after 2 rounds"},
-        {"id": "q2", "status": "kept"},
-        {"id": "q3", "status": "error", "error": "ConnectionError: down"},
-        {"id": "q4", "status": "rejected", "reason": "no verified answer"},
-    ]
+    synth = [{"id": "q0", "status": "kept"},
+             {"id": "q1", "status": "rejected", "reason": "not verified after 2 rounds"},
+             {"id": "q2", "status": "kept"}, {"id": "q3", "status": "error", "error": "ConnectionError: down"},
+             {"id": "q4", "status": "rejected", "reason": "no verified answer"}]
     (tmp_path / "synth.records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synth))
     s = stats(tmp_path)
     assert s["regime"] == {"on": 2, "off": 3} and s["difficulty"] == {1: 2, 2: 2, 3: 1}
     assert s["stages"]["synth"]["yield_by_regime"] == {"on": 0.5, "off": pytest.approx(1 / 3)}
-    assert s["stages"]["synth"]["reasons"] == {
-        "not verified after N rounds": 1,
-        "ConnectionError": 1,
-        "no verified answer": 1,
-    }
+    assert s["stages"]["synth"]["reasons"] == {"not verified after N rounds": 1, "ConnectionError": 1,
+                                               "no verified answer": 1}
     report = write_report(tmp_path).read_text()
     assert "## Stage: synth" in report and "| no verified answer | 1 |" in report
     assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -208,8 +208,8 @@ def test_compare_puts_runs_side_by_side(tasks_file, tmp_path, capsys):
     assert len(cells) == 2 * 3 + 3  # (2 suites + all) x 3 modes
     auto2 = metrics["suites"]["tasks:2"]["auto"]
     # accuracy [1] [2], think-on [1] [2], well-formed [1] [2], think tok [1] [2], total tok [1] [2]
-    want = [f"{auto2['accuracy']:.3f}", "1.000", f"{auto2['think_on_rate']:.3f}", "0.000"]
-    assert cells["tasks:2", "auto"][:4] == want
+    assert cells["tasks:2", "auto"][:4] == [f"{auto2['accuracy']:.3f}", "1.000", f"{auto2['think_on_rate']:.3f}",
+                                            "0.000"]
     assert cells["tasks:1", "off"][1::2] == ["-"] * 5
     assert main(["eval", "compare", str(before), str(tmp_path / "missing")]) == 2
     assert "missing: no metrics.json" in capsys.readouterr().err
@@ -254,7 +254,6 @@ def test_ungraded_tasks_are_refused(tmp_path):
 
 # --- tiny model -----------------------------------------------------------------------------
 
-
 @pytest.fixture(scope="module")
 def tiny_backend(tokenizer):
     model, tok = tiny_model(copy.deepcopy(tokenizer))
@@ -262,7 +261,8 @@ def tiny_backend(tokenizer):
 
 
 def test_tiny_model_in_process(tiny_backend, tmp_path):
-    config = EvalConfig(model="tiny", suites=["arithmetic:1"], n=2, max_tokens=6, primer=True, output_dir=str(tmp_path))
+    config = EvalConfig(model="tiny", suites=["arithmetic:1"], n=2, max_tokens=6, primer=True,
+                        output_dir=str(tmp_path))
     metrics = run_eval(config, backend=tiny_backend)
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and metrics["samples"] == 6
@@ -277,24 +277,8 @@ def test_cli_over_http_and_yaml_errors(tiny_backend, tmp_path, capsys):
     with running_server(tiny_backend) as url:
         with pytest.raises(BackendError, match="does not serve model 'other'; it serves: tiny"):
             run_eval(EvalConfig(model=f"{url}/v1#other", suites=["arithmetic:1"], output_dir=str(tmp_path / "x")))
-        code = main(
-            [
-                "eval",
-                "--model",
-                f"{url}/v1#tiny",
-                "--suites",
-                "arithmetic:1",
-                "--n",
-                "2",
-                "--modes",
-                "auto",
-                "off",
-                "--max_tokens",
-                "4",
-                "--output_dir",
-                str(tmp_path / "cli"),
-            ]
-        )
+        code = main(["eval", "--model", f"{url}/v1#tiny", "--suites", "arithmetic:1", "--n", "2",
+                     "--modes", "auto", "off", "--max_tokens", "4", "--output_dir", str(tmp_path / "cli")])
     assert code == 0
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["model"] == "tiny" and set(metrics["all"]) == {"auto", "off"}

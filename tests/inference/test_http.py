@@ -216,19 +216,13 @@ def test_unreachable_url_fails_fast_with_the_url():
 # -- against scripted stdlib servers ----------------------------------------------------------
 def completion_body(texts, prompt_tokens=5, completion_tokens=None):
     return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
         "choices": [
             {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
             for i, t in enumerate(texts)
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens or 2 * len(texts),
-            "total_tokens": prompt_tokens + (completion_tokens or 2 * len(texts)),
-        },
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens or 2 * len(texts),
+                  "total_tokens": prompt_tokens + (completion_tokens or 2 * len(texts))},
     }
 
 

@@ -112,10 +112,8 @@ def test_stop_strings_truncate_and_stop_early(tiny_varied, backend):
 
 
 def test_max_tokens_gives_length(backend):
-    for params in (
-        SamplingParams(n=3, temperature=0.8, max_tokens=7, seed=1),
-        SamplingParams(temperature=0, max_tokens=5),
-    ):
+    for params in (SamplingParams(n=3, temperature=0.8, max_tokens=7, seed=1),
+                   SamplingParams(temperature=0, max_tokens=5)):
         for group in backend.generate(CONVS, params):
             for c in group:
                 assert c.finish_reason == "length" and c.tokens == params.max_tokens
@@ -145,10 +143,8 @@ def test_thinking_off_forces_the_prefix(tokenizer):
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     assert tok.convert_tokens_to_ids("<think_off>") in ids  # one atomic token
     greedy = SamplingParams(temperature=0, max_tokens=12)
-    (off,), (auto,) = (
-        backend.generate([conv], greedy, thinking="off")[0],
-        backend.generate([conv], greedy, thinking="auto")[0],
-    )
+    (off,), (auto,) = backend.generate([conv], greedy, thinking="off")[0], backend.generate([conv], greedy,
+                                                                                            thinking="auto")[0]
     assert off.prompt_tokens - auto.prompt_tokens == 4  # <judge></judge><think_off><answer>
     assert off.text == reference_greedy(model, tok, conv, 12, thinking="off")[0]
     assert off.text != auto.text
@@ -167,7 +163,7 @@ def test_autothink_tags_survive_decoding(tokenizer):
         head.bias.zero_()
         head.bias[tag_ids[3]] = 5.0  # <think_off>
     model.lm_head = head
-    ((c,),) = LocalBackend(model, tok).generate([CONVS[0]], SamplingParams(temperature=0, max_tokens=3))
+    (c,), = LocalBackend(model, tok).generate([CONVS[0]], SamplingParams(temperature=0, max_tokens=3))
     assert c.text == "<think_off>" * 3
 
 
@@ -193,15 +189,9 @@ def test_small_batches_equal_one_big_batch(tiny_varied):
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"n": 0}, "n"),
-        ({"n": 1.5}, "n"),
-        ({"temperature": -0.1}, "temperature"),
-        ({"temperature": float("nan")}, "temperature"),
-        ({"top_p": 0}, "top_p"),
-        ({"top_p": 1.1}, "top_p"),
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"stop": ("",)}, "stop"),
-        ({"stop": (1,)}, "stop"),
+        ({"n": 0}, "n"), ({"n": 1.5}, "n"), ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.1}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"), ({"stop": ("",)}, "stop"), ({"stop": (1,)}, "stop"),
         ({"seed": "1"}, "seed"),
     ],
 )

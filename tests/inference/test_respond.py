@@ -193,11 +193,9 @@ def test_local_stop_reason(local):
 
 
 def test_local_stream_is_incremental_and_equals_generate(local):
-    for params in (
-        SamplingParams(temperature=0, max_tokens=24),
-        SamplingParams(temperature=0, max_tokens=24, stop=("ing",)),
-        SamplingParams(temperature=0.8, max_tokens=16, seed=5),
-    ):
+    for params in (SamplingParams(temperature=0, max_tokens=24),
+                   SamplingParams(temperature=0, max_tokens=24, stop=("ing",)),
+                   SamplingParams(temperature=0.8, max_tokens=16, seed=5)):
         items = list(local.stream(Q, params, thinking="off"))
         final = items.pop()
         assert final == local.generate([Q], params, thinking="off")[0][0]
@@ -250,26 +248,11 @@ def model_dir(local, tmp_path_factory):
 
 def test_generate_command(model_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        json.dumps({"id": "q1", "prompt": "What is 2+2? DO NOT THINK"})
-        + "\n\n"
-        + json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]})
-        + "\n"
-    )
-    code = main(
-        [
-            "generate",
-            "Solve 3x = 36.",
-            "--input",
-            str(prompts),
-            "--model",
-            model_dir,
-            "--max-tokens",
-            "12",
-            "--thinking-budget",
-            "3",
-        ]
-    )
+    prompts.write_text(json.dumps({"id": "q1", "prompt": "What is 2+2? DO NOT THINK"}) + "\n\n"
+                       + json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                                  {"role": "user", "content": "Hi"}]}) + "\n")
+    code = main(["generate", "Solve 3x = 36.", "--input", str(prompts), "--model", model_dir, "--max-tokens", "12",
+                 "--thinking-budget", "3"])
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["id"] for r in rows] == ["1", "q1", "3"]
@@ -277,48 +260,17 @@ def test_generate_command(model_dir, tmp_path, capsys):
     assert rows[1]["text"].startswith("<judge></judge><think_off><answer>")
     for row in rows:
         assert row["tokens"]["completion"] <= 12 and row["finish_reason"] in ("stop", "length")
-        assert parse(row["text"]).mode == row["mode"] and set(row["tokens"]) == {
-            "judge",
-            "think",
-            "answer",
-            "completion",
-            "prompt",
-        }
+        assert parse(row["text"]).mode == row["mode"] and set(row["tokens"]) == {"judge", "think", "answer",
+                                                                                  "completion", "prompt"}
     # Forced on with a budget of 3, written to a file; the same greedy reply as in process.
     out = tmp_path / "out.jsonl"
-    assert (
-        main(
-            [
-                "generate",
-                "Solve 3x = 36.",
-                "--model",
-                model_dir,
-                "--max-tokens",
-                "12",
-                "--thinking",
-                "on",
-                "--thinking-budget",
-                "3",
-                "--n",
-                "2",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["generate", "Solve 3x = 36.", "--model", model_dir, "--max-tokens", "12", "--thinking", "on",
+                 "--thinking-budget", "3", "--n", "2", "-o", str(out)]) == 0
     assert "wrote 2 replies" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sample"] for r in rows] == [0, 1] and all(r["budget_hit"] and r["mode"] == "on" for r in rows)
-    assert (
-        rows[0]["text"]
-        == one(
-            LocalBackend.from_pretrained(model_dir, device="cpu"),
-            thinking="on",
-            thinking_budget=3,
-            params=SamplingParams(temperature=0, max_tokens=12),
-        ).text
-    )
+    assert rows[0]["text"] == one(LocalBackend.from_pretrained(model_dir, device="cpu"), thinking="on",
+                                  thinking_budget=3, params=SamplingParams(temperature=0, max_tokens=12)).text
 
 
 def test_generate_command_errors(model_dir, tmp_path, capsys):
@@ -338,20 +290,8 @@ def test_generate_command_errors(model_dir, tmp_path, capsys):
 
 
 def test_chat_command(model_dir, monkeypatch, capsys):
-    script = [
-        "Hi",
-        "/mode off",
-        "What next?",
-        "/budget 2",
-        "/mode on",
-        "Go on",
-        "/budget nope",
-        "/reset",
-        "/mode auto",
-        "Fresh start. DO NOT THINK",
-        "/quit",
-        "never read",
-    ]
+    script = ["Hi", "/mode off", "What next?", "/budget 2", "/mode on", "Go on", "/budget nope", "/reset",
+              "/mode auto", "Fresh start. DO NOT THINK", "/quit", "never read"]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(script) + "\n"))
     assert main(["chat", "--model", model_dir, "--max-tokens", "10"]) == 0
     out = capsys.readouterr().out
@@ -370,9 +310,7 @@ def test_chat_keeps_answers_in_the_history():
     assert len(replies) == 3 and "".join(written).count("[mode on (thinking auto) | judge 4, think 12, answer 3") == 3
     assert "".join(written).startswith(SCRIPT)
     conversations = [call[0][0] for call in backend.calls]
-    assert conversations[1] == [
-        {"role": "user", "content": "Solve 3x = 36."},
-        {"role": "assistant", "content": "x = 12 "},
-        {"role": "user", "content": "And 4x = 48?"},
-    ]
+    assert conversations[1] == [{"role": "user", "content": "Solve 3x = 36."},
+                                {"role": "assistant", "content": "x = 12 "},
+                                {"role": "user", "content": "And 4x = 48?"}]
     assert conversations[2] == [{"role": "user", "content": "Hi"}]

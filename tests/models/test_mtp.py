@@ -82,9 +82,8 @@ def test_head_one_follows_the_deepseek_formula(tiny):
         for layer in base.model.layers:
             h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=rope)
         x = head.proj(torch.cat([head.norm_emb(base.model.embed_tokens(ids[:, 1:])), head.norm_hidden(h[:, :-1])], -1))
-        y = head.block(
-            x, attention_mask=None, position_ids=pos[:, :-1], position_embeddings=base.model.rotary_emb(x, pos[:, :-1])
-        )
+        y = head.block(x, attention_mask=None, position_ids=pos[:, :-1],
+                       position_embeddings=base.model.rotary_emb(x, pos[:, :-1]))
         want = base.lm_head(base.model.norm(y))
     # the last position has no t_{i+1}; the others match the formula
     torch.testing.assert_close(got[:, :-1], want, atol=1e-5, rtol=1e-5)
@@ -116,9 +115,7 @@ def test_mtp_loss_equals_hand_computation(base, batch):
     for k in range(1, depth + 1):
         terms = [
             F.cross_entropy(out.mtp_logits[k - 1][i, pos], labels[i, pos + k + 1])
-            for i in range(b)
-            for pos in range(t)
-            if pos + k + 1 < t and labels[i, pos + k + 1] != -100
+            for i in range(b) for pos in range(t) if pos + k + 1 < t and labels[i, pos + k + 1] != -100
         ]
         total += torch.stack(terms).mean().item()
     assert out.mtp_loss.item() == pytest.approx(lam / depth * total, rel=1e-5)

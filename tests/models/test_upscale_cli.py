@@ -36,14 +36,8 @@ def test_upscale_command_writes_a_plain_checkpoint_with_the_same_function(source
     out = tmp_path / "up"
     assert main(["upscale", "--model", str(path), "--output_dir", str(out), "--target_layers", "5"]) == 0
     assert "4 -> 5 layers" in capsys.readouterr().out
-    for name in (
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "saturation.json",
-        "saturation.png",
-        "upscale.json",
-    ):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "saturation.json", "saturation.png",
+                 "upscale.json"):
         assert (out / name).exists(), name
     assert (out / "saturation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = json.loads((out / "saturation.json").read_text())["layers"]
@@ -88,24 +82,16 @@ def test_default_ratio_yaml_config_and_no_zero_init(source, tokenizer, tmp_path)
 def test_calibration_files(tmp_path):
     rows = tmp_path / "stage1.jsonl"
     rows.write_text(
-        json.dumps(
-            {
-                "id": "a",
-                "prompt": [{"role": "user", "content": "2+2?"}],
-                "completion": [{"role": "assistant", "content": "<think_off><answer>4</answer>"}],
-            }
-        )
-        + "\n"
-        + json.dumps({"text": "plain text row"})
-        + "\n"
+        json.dumps({"id": "a", "prompt": [{"role": "user", "content": "2+2?"}],
+                    "completion": [{"role": "assistant", "content": "<think_off><answer>4</answer>"}]}) + "\n"
+        + json.dumps({"text": "plain text row"}) + "\n"
     )
     texts, source = calibration_texts(UpscaleConfig(calibration=str(rows)))
     assert texts == ["2+2?\n<think_off><answer>4</answer>", "plain text row"] and source == str(rows)
     prose = tmp_path / "calib.txt"
     prose.write_text("first paragraph\nstill first\n\n\nsecond\n")
-    assert calibration_texts(UpscaleConfig(calibration=str(prose), n_calibration=1))[0] == [
-        "first paragraph\nstill first"
-    ]
+    assert calibration_texts(UpscaleConfig(calibration=str(prose),
+                                           n_calibration=1))[0] == ["first paragraph\nstill first"]
 
 
 def test_bad_calibration_row_and_bad_target_are_named(source, tmp_path, capsys):

@@ -166,9 +166,8 @@ def test_stream_of_the_local_backend_is_incremental(tiny):
     assert usage.completion_tokens_details.reasoning_tokens == reply.usage.completion_tokens_details.reasoning_tokens
     # The first piece arrives long before the last one.
     start = time.monotonic()
-    stream = c.chat.completions.create(
-        model="tiny", messages=Q, temperature=0, max_tokens=300, stream=True, extra_body={"thinking": "off"}
-    )
+    stream = c.chat.completions.create(model="tiny", messages=Q, temperature=0, max_tokens=300, stream=True,
+                                       extra_body={"thinking": "off"})
     arrivals = [time.monotonic() - start for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
     assert len(arrivals) > 100 and arrivals[0] < arrivals[-1] / 3
 
@@ -224,19 +223,10 @@ X = [{"role": "user", "content": "x"}]
         ({"messages": X, "stream": True, "n": 2}, "n=1"),
         ({"messages": X, "stream": "yes please"}, "stream"),
         ({"messages": X, "continue_final_message": True, "add_generation_prompt": False}, "final assistant message"),
-        (
-            {"messages": X + [{"role": "assistant", "content": "a"}], "continue_final_message": True},
-            "add_generation_prompt=false",
-        ),
-        (
-            {
-                "messages": X + [{"role": "assistant", "content": "a"}],
-                "continue_final_message": True,
-                "add_generation_prompt": False,
-                "thinking_budget": 4,
-            },
-            "do not apply",
-        ),
+        ({"messages": X + [{"role": "assistant", "content": "a"}], "continue_final_message": True},
+         "add_generation_prompt=false"),
+        ({"messages": X + [{"role": "assistant", "content": "a"}], "continue_final_message": True,
+          "add_generation_prompt": False, "thinking_budget": 4}, "do not apply"),
     ],
 )
 def test_bad_requests_get_400_with_a_message(scripted, body, needle):
@@ -267,14 +257,11 @@ class Failing(Backend):
         raise self.err
 
 
-@pytest.mark.parametrize(
-    "err, status, kind",
-    [
-        (ValueError("the chat template does not use `thinking`"), 400, "invalid_request_error"),
-        (BackendError("upstream timed out"), 502, "backend_error"),
-        (RuntimeError("out of memory"), 500, "server_error"),
-    ],
-)
+@pytest.mark.parametrize("err, status, kind", [
+    (ValueError("the chat template does not use `thinking`"), 400, "invalid_request_error"),
+    (BackendError("upstream timed out"), 502, "backend_error"),
+    (RuntimeError("out of memory"), 500, "server_error"),
+])
 def test_generation_errors_reach_the_client(err, status, kind):
     with running_server(create_app(Failing(err))) as url:
         code, _, payload = post(url, {"messages": Q})
@@ -297,9 +284,8 @@ def test_100_concurrent_requests_429_only_past_the_bound():
 
         def ask(i):
             try:
-                return c.chat.completions.create(
-                    model="scripted", seed=i, max_tokens=64, messages=[{"role": "user", "content": f"q{i}"}]
-                )
+                return c.chat.completions.create(model="scripted", seed=i, max_tokens=64,
+                                                 messages=[{"role": "user", "content": f"q{i}"}])
             except openai.APIStatusError as err:
                 return err
 
@@ -328,9 +314,8 @@ def test_alike_queued_requests_run_as_one_batch():
 
         def ask(i):
             seed = {"seed": i} if prompts[i].startswith("s") else {}
-            return c.chat.completions.create(
-                model="scripted", max_tokens=64, messages=[{"role": "user", "content": prompts[i]}], **seed
-            )
+            return c.chat.completions.create(model="scripted", max_tokens=64, messages=[{"role": "user", "content":
+                                             prompts[i]}], **seed)
 
         with ThreadPoolExecutor(7) as pool:
             first = pool.submit(ask, 0)
@@ -354,9 +339,8 @@ def test_draining_finishes_admitted_requests_and_refuses_new_ones():
     with ThreadPoolExecutor(3) as pool:
         running = pool.submit(c.chat.completions.create, model="scripted", messages=Q, max_tokens=64)
         wait_for(lambda: scheduler.running == 1)
-        queued = pool.submit(
-            lambda: collect(c.chat.completions.create(model="scripted", messages=Q, stream=True, max_tokens=64))
-        )
+        queued = pool.submit(lambda: collect(c.chat.completions.create(model="scripted", messages=Q, stream=True,
+                                                                       max_tokens=64)))
         wait_for(lambda: len(scheduler.queue) == 1)
         stopper = pool.submit(server.__exit__, None, None, None)
         wait_for(lambda: scheduler.draining)

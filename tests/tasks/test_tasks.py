@@ -71,16 +71,12 @@ def test_prompt_shorthand_becomes_messages(tmp_path):
     [
         ('{"id": "q2", "prompt": "x"', r"t\.jsonl:2: invalid JSON"),
         ("[1, 2]", r"t\.jsonl:2: expected a JSON object, got list"),
-        (
-            json.dumps({k: v for k, v in GOOD.items() if k != "reference"} | {"id": "q2"}),
-            r"t\.jsonl:2: missing field 'reference'",
-        ),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "reference"} | {"id": "q2"}),
+         r"t\.jsonl:2: missing field 'reference'"),
         (json.dumps({"id": "q2", "domain": "math"}), r"t\.jsonl:2: missing field 'messages' \(or 'prompt'\)"),
         (json.dumps(GOOD | {"id": "q2", "verifier": "maths"}), r"t\.jsonl:2: field 'verifier': unknown kind 'maths'"),
-        (
-            json.dumps(GOOD | {"id": "q2", "difficulty": 9}),
-            r"t\.jsonl:2: field 'difficulty' must be an integer from 1 to 5",
-        ),
+        (json.dumps(GOOD | {"id": "q2", "difficulty": 9}),
+         r"t\.jsonl:2: field 'difficulty' must be an integer from 1 to 5"),
         (json.dumps(GOOD | {"id": "q2", "colour": "red"}), r"t\.jsonl:2: unknown field\(s\) \['colour'\]"),
         (json.dumps(GOOD), r"t\.jsonl:2: duplicate id 'q1' \(first on line 1\)"),
         (json.dumps(GOOD | {"id": "q2", "prompt": ""}), r"t\.jsonl:2: field 'prompt' must be a non-empty string"),
@@ -107,32 +103,17 @@ def test_cli_tasks_list_and_export(tmp_path):
     assert out.returncode == 0 and all(name in out.stdout for name in SUITES)
     target = tmp_path / "gsm.jsonl"
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "autothink.cli",
-            "tasks",
-            "export",
-            "gsm_symbolic",
-            "--n",
-            "6",
-            "--difficulty",
-            "2",
-            "-o",
-            str(target),
-        ],
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "autothink.cli", "tasks", "export", "gsm_symbolic", "--n", "6", "--difficulty", "2",
+         "-o", str(target)],
+        capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
     tasks = load_tasks(target)
     assert len(tasks) == 6 and {t.difficulty for t in tasks} == {2}
     bad = write(tmp_path / "bad.jsonl", [json.dumps(GOOD), "{oops"])
-    out = subprocess.run(
-        [sys.executable, "-m", "autothink.cli", "tasks", "export", str(bad), "-o", str(tmp_path / "x.jsonl")],
-        capture_output=True,
-        text=True,
-    )
+    out = subprocess.run([sys.executable, "-m", "autothink.cli", "tasks", "export", str(bad), "-o",
+                          str(tmp_path / "x.jsonl")],
+                         capture_output=True, text=True)
     assert out.returncode == 2 and "bad.jsonl:2: invalid JSON" in out.stderr
 
 

@@ -88,9 +88,8 @@ def test_top_k_teacher_is_the_l1_over_its_top_k_mass():
 def _reference_total(logits, heads, labels, si, probs, w_ce, w_uld, lam):
     """Loops: per head k, CE against labels[i + k + 1]; ULD of head k at i - k vs the pair's teacher row."""
     def ce(x, shift):
-        pairs = [
-            (b, i) for b in range(labels.shape[0]) for i in range(labels.shape[1] - shift) if labels[b, i + shift] >= 0
-        ]
+        pairs = [(b, i) for b in range(labels.shape[0]) for i in range(labels.shape[1] - shift)
+                 if labels[b, i + shift] >= 0]
         return sum(-torch.log_softmax(x[b, i], -1)[labels[b, i + shift]] for b, i in pairs) / len(pairs)
 
     def uld(x, k):
@@ -148,19 +147,11 @@ QA = [
 
 
 def stage1_row(i, question, mode, answer):
-    body = (
-        f"<think>{answer}</think><answer>{answer.split()[-1]}</answer>"
-        if mode == "on"
-        else f"<answer>{answer}</answer>"
-    )
-    return {
-        "id": f"q{i}",
-        "prompt": [{"role": "user", "content": question}],
-        "completion": [{"role": "assistant", "content": f"<think_{mode}>{body}"}],
-        "mode": mode,
-        "domain": "math",
-        "difficulty": 1,
-    }
+    body = (f"<think>{answer}</think><answer>{answer.split()[-1]}</answer>" if mode == "on"
+            else f"<answer>{answer}</answer>")
+    return {"id": f"q{i}", "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": f"<think_{mode}>{body}"}], "mode": mode,
+            "domain": "math", "difficulty": 1}
 
 
 @pytest.fixture(scope="module")
@@ -188,15 +179,8 @@ def peaked_gemma3(vocab, seed=1):
     """A tiny Gemma3 whose distributions are sharp (a flat random teacher teaches nothing to ULD)."""
     torch.manual_seed(seed)
     config = Gemma3TextConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
         final_logit_softcapping=30.0,
     )
     model = Gemma3ForCausalLM(config)
@@ -214,20 +198,9 @@ def teacher_dir(tmp_path_factory, gemma_tokenizer):
 
 
 def config(tmp_path, student_dir, data, **kw):
-    base = dict(
-        student=str(student_dir),
-        data=str(data),
-        output_dir=str(tmp_path / "out"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        mtp_heads=2,
-        max_length=128,
-        disable_tqdm=True,
-    )
+    base = dict(student=str(student_dir), data=str(data), output_dir=str(tmp_path / "out"), max_steps=2,
+                per_device_train_batch_size=2, learning_rate=1e-3, logging_steps=1, save_strategy="no",
+                report_to="none", mtp_heads=2, max_length=128, disable_tqdm=True)
     return DistillConfig(**{**base, **kw})
 
 
@@ -244,24 +217,22 @@ def test_trigger_gets_no_loss_and_the_response_does(tmp_path, student_dir, data)
         at = next(i for i, x in enumerate(ids) if x in trigger_ids)
         assert ids[at] == tok.convert_tokens_to_ids(row["trigger"])
         assert all(label == -100 for label in labels[: at + 1])  # prompt and trigger: no loss
-        assert labels[at + 1 :] == ids[at + 1 :] and labels[-1] == tok.eos_token_id
-        assert tok.decode(labels[at + 1 : -1]) == row["body"]
+        assert labels[at + 1:] == ids[at + 1:] and labels[-1] == tok.eos_token_id
+        assert tok.decode(labels[at + 1: -1]) == row["body"]
 
 
 def test_bad_rows_are_named(tmp_path):
     good = stage1_row(0, "q", "off", "a")
     cases = [
-        (
-            {**good, "completion": [{"role": "assistant", "content": "<answer>a</answer>"}]},
-            "must start with a regime trigger",
-        ),
+        ({**good, "completion": [{"role": "assistant", "content": "<answer>a</answer>"}]},
+         "must start with a regime trigger"),
         ({**good, "mode": "on"}, "contradicts"),
         ({k: v for k, v in good.items() if k != "id"}, "field 'id'"),
         ({**good, "prompt": 3}, "field 'prompt'"),
     ]
     for row, message in cases:
         path = tmp_path / "bad.jsonl"
-        path.write_text(json.dumps(good).replace('"q0"', '"ok"') + "\n" + json.dumps(row) + "\n")
+        path.write_text(json.dumps(good) .replace('"q0"', '"ok"') + "\n" + json.dumps(row) + "\n")
         with pytest.raises(RecordError, match=f"{path}:2: .*{message}"):
             load_stage1(path)
     path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
@@ -286,8 +257,8 @@ def test_paired_rows_predict_the_same_bytes_across_tokenizers(tmp_path, student_
         t_start = f["teacher_index"][0] + 1  # row 0 sits just before the response
         assert len(f["student_index"]) == len(f["teacher_index"]) > 0
         for si, ti in zip(f["student_index"], f["teacher_index"]):
-            s_text = tok.decode(f["input_ids"][s_start : si + 1]).encode()
-            t_text = teacher_tok.decode(f["teacher_input_ids"][t_start : ti + 1]).encode()
+            s_text = tok.decode(f["input_ids"][s_start: si + 1]).encode()
+            t_text = teacher_tok.decode(f["teacher_input_ids"][t_start: ti + 1]).encode()
             if alignment == "bytes":
                 assert s_text == t_text  # both rows have read the same response bytes
             same += s_text == t_text
@@ -299,22 +270,14 @@ def test_paired_rows_predict_the_same_bytes_across_tokenizers(tmp_path, student_
 
 
 def batch_of_all(trainer):
-    return trainer._prepare_inputs(
-        trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
-    )
+    features = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    return trainer._prepare_inputs(trainer.data_collator(features))
 
 
 @pytest.mark.slow
 def test_a_few_steps_with_a_different_vocab_teacher_reduce_the_loss(tmp_path, student_dir, data, teacher_dir):
-    cfg = config(
-        tmp_path,
-        student_dir,
-        data,
-        teacher=str(teacher_dir),
-        max_steps=8,
-        learning_rate=3e-3,
-        per_device_train_batch_size=3,
-    )
+    cfg = config(tmp_path, student_dir, data, teacher=str(teacher_dir), max_steps=8, learning_rate=3e-3,
+                 per_device_train_batch_size=3)
     trainer = build_trainer(cfg)
     assert len(trainer.teachers) == 1 and trainer.teachers[0].config.vocab_size != trainer.model.base.config.vocab_size
     batch = batch_of_all(trainer)
@@ -343,9 +306,8 @@ def test_main_head_with_w_uld_zero_is_plain_cross_entropy(tmp_path, student_dir,
     assert not trainer.teachers and "student_index" not in batch
     with torch.no_grad():
         got = trainer.compute_loss(trainer.model, batch)
-        want = trainer.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-        ).loss
+        want = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"]).loss
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
 
 
@@ -367,17 +329,8 @@ def test_activation_checkpointing_and_continuing_from_a_student_with_heads(tmp_p
 @pytest.mark.slow
 def test_precomputed_full_vocab_log_probs_give_the_live_teachers_loss(tmp_path, student_dir, data, teacher_dir, capsys):
     store = tmp_path / "teacher_lp"
-    pre = config(
-        tmp_path,
-        student_dir,
-        data,
-        teacher=str(teacher_dir),
-        teacher_logprobs=str(store),
-        precompute=True,
-        top_k=0,
-        temperature=2.0,
-        teacher_batch_size=4,
-    )
+    pre = config(tmp_path, student_dir, data, teacher=str(teacher_dir), teacher_logprobs=str(store), precompute=True,
+                 top_k=0, temperature=2.0, teacher_batch_size=4)
     assert run_distill(pre) == {"teacher_logprobs": str(store), "samples": 6, "written": 6}
     assert run_distill(pre)["written"] == 0  # a rerun skips what is written
     assert "6 samples already written, 0 to go" in capsys.readouterr().out
@@ -426,35 +379,10 @@ def test_kill_and_resume_equals_a_straight_run(tmp_path, student_dir, data, teac
     out = tmp_path / "b" / "out"
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
     # the same command again resumes from the last checkpoint (resume_from_checkpoint=auto)
-    argv = [
-        "distill",
-        "--student",
-        str(student_dir),
-        "--teacher",
-        str(teacher_dir),
-        "--data",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "4",
-        "--save_steps",
-        "2",
-        "--learning_rate",
-        "3e-3",
-        "--per_device_train_batch_size",
-        "2",
-        "--logging_steps",
-        "1",
-        "--mtp_heads",
-        "2",
-        "--max_length",
-        "128",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-    ]
+    argv = ["distill", "--student", str(student_dir), "--teacher", str(teacher_dir), "--data", str(data),
+            "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--learning_rate", "3e-3",
+            "--per_device_train_batch_size", "2", "--logging_steps", "1", "--mtp_heads", "2", "--max_length", "128",
+            "--report_to", "none", "--disable_tqdm", "true"]
     assert main(argv) == 0
     assert f"resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
     state = json.loads((out / "trainer_state.json").read_text())
@@ -463,8 +391,7 @@ def test_kill_and_resume_equals_a_straight_run(tmp_path, student_dir, data, teac
     assert steps == [1, 2, 3, 4]
     want = json.loads((tmp_path / "a" / "out" / "trainer_state.json").read_text())
     assert [e["loss"] for e in state["log_history"] if "loss" in e] == pytest.approx(
-        [e["loss"] for e in want["log_history"] if "loss" in e], rel=1e-5
-    )
+        [e["loss"] for e in want["log_history"] if "loss" in e], rel=1e-5)
     a, b = load_student_dir(tmp_path / "a" / "out"), load_student_dir(out)
     for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(y, x, atol=1e-6, rtol=1e-5, msg=name)
@@ -491,9 +418,9 @@ def test_dual_teachers_each_supervise_their_regime(tmp_path, student_dir, data, 
     for b in range(len(rows)):
         teacher = trainer.teachers[int(batch["teacher_id"][b])]
         n = int((batch["teacher_index"][b] >= 0).sum())
-        ids = batch["teacher_input_ids"][b : b + 1, : int(batch["teacher_attention_mask"][b].sum())]
+        ids = batch["teacher_input_ids"][b: b + 1, : int(batch["teacher_attention_mask"][b].sum())]
         with torch.no_grad():
             logits = teacher(input_ids=ids).logits[0, batch["teacher_index"][b, :n]]
         want = sorted_probs(logits)
         torch.testing.assert_close(probs[b, :n, : want.shape[-1]], want)
-        assert probs[b, :n, want.shape[-1] :].abs().sum() == 0
+        assert probs[b, :n, want.shape[-1]:].abs().sum() == 0

@@ -263,18 +263,14 @@ def test_config_refuses_modes_that_break_the_loss(overrides, message):
 GOOD = json.dumps(ROWS[0])
 BAD = [
     ({"id": "q1", "messages": [_user("2+2?")]}, "the last message must be the assistant's response"),
-    (
-        {"id": "q1", "messages": [_user("2+2?"), _bot("<judge>x</judge><answer>4</answer>")]},
-        "messages[1] (assistant) is not a well-formed AutoThink response: missing mode token",
-    ),
+    ({"id": "q1", "messages": [_user("2+2?"), _bot("<judge>x</judge><answer>4</answer>")]},
+     "messages[1] (assistant) is not a well-formed AutoThink response: missing mode token"),
     ({"id": "q1", "messages": [_user("2+2?"), _bot("4")]}, "missing <judge> segment"),
     ({"id": "q1", "mode": "on", "messages": ROWS[0]["messages"]}, "`mode` is 'on' but the response is think-off"),
     ({"id": "q1", "prompt": "2+2?", "completion": "4"}, "field 'messages' must be a non-empty list"),
     ({"id": "q1", "messages": [_bot(render("off", "4"))]}, "no prompt"),
-    (
-        {"id": "q1", "messages": [{"role": "user"}, _bot(render("off", "4"))]},
-        "field 'messages': message 0 must be an object",
-    ),
+    ({"id": "q1", "messages": [{"role": "user"}, _bot(render("off", "4"))]},
+     "field 'messages': message 0 must be an object"),
 ]
 
 

@@ -200,9 +200,8 @@ def uld_loss_sorted(
         )
     valid = student_index >= 0
     if valid.any() and int(student_index[valid].max()) >= student_logits.shape[1]:
-        raise ValueError(
-            f"student_index has position {int(student_index[valid].max())} >= T = {student_logits.shape[1]}"
-        )
+        raise ValueError(f"student_index has position {int(student_index[valid].max())} "
+                         f">= T = {student_logits.shape[1]}")
     sample, pair = valid.nonzero(as_tuple=True)  # (N,), (N,)
     p_s = sorted_probs(student_logits[sample, student_index[sample, pair]], temperature)  # (N, Vs)
     p_t = teacher_probs[sample, pair].to(p_s.dtype)  # (N, K)
@@ -230,9 +229,8 @@ def shift_pairs(student_index: torch.Tensor, teacher_index: torch.Tensor, k: int
     if k < 0:
         raise ValueError(f"k must be >= 0; got {k}")
     if student_index.shape != teacher_index.shape:
-        raise ValueError(
-            f"student_index {tuple(student_index.shape)} and teacher_index {tuple(teacher_index.shape)} differ"
-        )
+        raise ValueError(f"student_index {tuple(student_index.shape)} and teacher_index "
+                         f"{tuple(teacher_index.shape)} differ")
     shifted = student_index - k
     drop = (student_index < 0) | (teacher_index < 0) | (shifted < 0)
     return shifted.masked_fill(drop, -1), teacher_index.masked_fill(drop, -1)

@@ -46,9 +46,8 @@ class Prompts:
         try:
             return self.template(name).substitute(**fields).strip()
         except KeyError as err:
-            raise ValueError(
-                f"prompt template {name!r} uses ${err.args[0]}, which this stage does not provide"
-            ) from None
+            raise ValueError(f"prompt template {name!r} uses ${err.args[0]}, which this stage does not "
+                             "provide") from None
 
     def messages(self, name: str, **fields: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.render(name, **fields)}]
@@ -90,10 +89,8 @@ class Agent:
 
     def ask(self, messages: list[dict], seed: int, n: int = 1, temperature: float | None = None) -> list[str]:
         params = SamplingParams(
-            n=n,
-            temperature=self.temperature if temperature is None else temperature,
-            max_tokens=self.max_tokens,
-            seed=seed,
+            n=n, temperature=self.temperature if temperature is None else temperature,
+            max_tokens=self.max_tokens, seed=seed,
         )
         return [c.text for c in self.backend.generate([messages], params)[0]]
 

@@ -59,55 +59,38 @@ def choose_label(record_id: str, p_on: float | None, p_off: float | None, prior:
 class ColdstartConfig(StageConfig):
     input: str = field(default="runs/data/tagged.jsonl", metadata={"help": "tagged queries (`data tag` output)"})
     on_backend: str = field(default="smollm2-135m-instruct", metadata={"help": "samples think-on responses"})
-    off_backend: str | None = field(
-        default=None, metadata={"help": "samples think-off responses (default: on_backend)"}
-    )
+    off_backend: str | None = field(default=None,
+                                    metadata={"help": "samples think-off responses (default: on_backend)"})
     judge: str | None = field(default=None, metadata={"help": "writes the mode rationale (default: on_backend)"})
     samples: int = field(default=4, metadata={"help": "samples per mode per query"})
     delta: float = field(default=0.0, metadata={"help": "pass-rate margin within which think-off wins"})
     random_fraction: float = field(default=0.01, metadata={"help": "queries given a random mode"})
     directive_fraction: float = field(default=0.1, metadata={"help": "prompts given a user directive"})
     seed: int = field(default=0, metadata={"help": "seed of the random-mode and directive draws"})
-    fallback: str | None = field(
-        default=None,
-        metadata={
-            "help": "backend asked once when no sample of the chosen mode verifies (a stronger model, or "
-            "'reference:<tasks.jsonl>' for the tasks' own solutions); a query neither mode solved then "
-            "takes its tagged regime as the label"
-        },
-    )
+    fallback: str | None = field(default=None, metadata={
+        "help": "backend asked once when no sample of the chosen mode verifies (a stronger model, or "
+                "'reference:<tasks.jsonl>' for the tasks' own solutions); a query neither mode solved then "
+                "takes its tagged regime as the label"})
 
 
 def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: ColdstartConfig) -> dict:
     task = as_task(record)
     samples, rates = {}, {}
     for mode, template in (("on", "think_on"), ("off", "think_off")):
-        replies = agents[mode].ask(
-            prompts.messages(template, query=task.prompt),
-            n=config.samples,
-            seed=record_seed(task.id, "coldstart", mode),
-        )
+        replies = agents[mode].ask(prompts.messages(template, query=task.prompt), n=config.samples,
+                                   seed=record_seed(task.id, "coldstart", mode))
         verdicts = [check(task, split_final_answer(r)[1] or r)[0] for r in replies]
         samples[mode] = list(zip(replies, verdicts))
         rates[mode] = None if task.verifier is None else sum(map(bool, verdicts)) / len(verdicts)
     unsolved = config.fallback is not None and rates["on"] == rates["off"] == 0
     # Neither mode solved it: the vote says nothing, and only a fallback reply can be kept; the tag's regime decides.
-    label = choose_label(
-        task.id,
-        None if unsolved else rates["on"],
-        None if unsolved else rates["off"],
-        record["regime"],
-        config.delta,
-        config.random_fraction,
-        config.directive_fraction,
-        config.seed,
-    )
+    label = choose_label(task.id, None if unsolved else rates["on"], None if unsolved else rates["off"],
+                         record["regime"], config.delta, config.random_fraction, config.directive_fraction, config.seed)
     mode = label["mode"]
     usable = [reply for reply, passed in samples[mode] if passed is not False]
     if not usable and "fallback" in agents:
-        reply = agents["fallback"].ask(
-            prompts.messages(f"think_{mode}", query=task.prompt), seed=record_seed(task.id, "coldstart", "fallback")
-        )[0]
+        reply = agents["fallback"].ask(prompts.messages(f"think_{mode}", query=task.prompt),
+                                       seed=record_seed(task.id, "coldstart", "fallback"))[0]
         reasoning, answer = split_final_answer(reply)
         if check(task, answer or reply)[0] is not False and (mode == "off" or reasoning.strip()):
             usable, label = [reply], label | {"response": "fallback"}
@@ -122,30 +105,20 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
         return base | {"status": "rejected", "reason": f"no verified think-{mode} response"}
     rationale = agents["judge"].ask(
         prompts.messages(
-            "judge_rationale",
-            query=task.prompt,
-            mode_description="think-on" if mode == "on" else "think-off",
+            "judge_rationale", query=task.prompt, mode_description="think-on" if mode == "on" else "think-off",
             needs_reasoning="needs" if mode == "on" else "does not need",
         ),
-        seed=record_seed(task.id, "rationale"),
-        temperature=0.3,
+        seed=record_seed(task.id, "rationale"), temperature=0.3,
     )[0]
     reasoning, answer = split_final_answer(usable[0])
-    response = render(
-        mode,
-        strip_tags(answer or reasoning),
-        judge=first_sentences(strip_tags(rationale)),
-        think=strip_tags(reasoning) if mode == "on" else "",
-    )
+    response = render(mode, strip_tags(answer or reasoning), judge=first_sentences(strip_tags(rationale)),
+                      think=strip_tags(reasoning) if mode == "on" else "")
     messages = [dict(m) for m in task.messages]
     if label["directive"]:
         messages[-1]["content"] = f"{messages[-1]['content']}\n\n{label['directive']}"
     return base | {
-        "status": "kept",
-        "mode": mode,
-        "messages": messages + [{"role": "assistant", "content": response}],
-        "domain": record["domain"],
-        "difficulty": record["difficulty"],
+        "status": "kept", "mode": mode, "messages": messages + [{"role": "assistant", "content": response}],
+        "domain": record["domain"], "difficulty": record["difficulty"],
     }
 
 
@@ -153,42 +126,26 @@ def run_coldstart(config: ColdstartConfig, backends: Backends | None = None) -> 
     """Label and render cold-start data; writes `coldstart.records.jsonl`, `coldstart.jsonl`, `rl_prompts.jsonl`."""
     records = load_tagged(config)
     agent = agent_factory(config, backends)
-    agents = {
-        "on": agent(config.on_backend),
-        "off": agent(config.off_backend or config.on_backend),
-        "judge": agent(config.judge or config.on_backend),
-    }
+    agents = {"on": agent(config.on_backend), "off": agent(config.off_backend or config.on_backend),
+              "judge": agent(config.judge or config.on_backend)}
     if config.fallback:
         agents["fallback"] = agent(config.fallback)
     prompts = Prompts(config.prompts_dir)
     out = Path(config.output_dir)
-    results = run_records(
-        records,
-        lambda r: coldstart_record(r, agents, prompts, config),
-        out / "coldstart.records.jsonl",
-        workers=config.workers,
-        desc="coldstart",
-    )
+    results = run_records(records, lambda r: coldstart_record(r, agents, prompts, config),
+                          out / "coldstart.records.jsonl", workers=config.workers, desc="coldstart")
     kept = [r for r in results if r["status"] == "kept"]
     keys = ("id", "messages", "mode", "domain", "difficulty")
-    write_jsonl(
-        out / "coldstart.jsonl", ({k: r[k] for k in keys} | {"label_source": r["label"]["source"]} for r in kept)
-    )
+    write_jsonl(out / "coldstart.jsonl",
+                ({k: r[k] for k in keys} | {"label_source": r["label"]["source"]} for r in kept))
     by_id = {r["id"]: r for r in results}
-    write_jsonl(
-        out / "rl_prompts.jsonl",
-        (
-            {
-                "id": q["id"],
-                "prompt": q["messages"],
-                "verifier": q["verifier"],
-                "reference": json.dumps(q["reference"]),  # one string type, whatever the verifier's reference
-                "difficulty": q["difficulty"],
-                "domain": q["domain"],
-                "prior_mode": by_id[q["id"]]["label"]["mode"] if "label" in by_id[q["id"]] else q["regime"],
-            }
-            for q in records
-            if q.get("verifier") is not None
-        ),
-    )
+    write_jsonl(out / "rl_prompts.jsonl", (
+        {
+            "id": q["id"], "prompt": q["messages"], "verifier": q["verifier"],
+            "reference": json.dumps(q["reference"]),  # one string type, whatever the verifier's reference
+            "difficulty": q["difficulty"], "domain": q["domain"],
+            "prior_mode": by_id[q["id"]]["label"]["mode"] if "label" in by_id[q["id"]] else q["regime"],
+        }
+        for q in records if q.get("verifier") is not None
+    ))
     return results

@@ -63,9 +63,8 @@ def load_tagged(config: StageConfig) -> list[dict]:
     records = load_queries(config)
     untagged = [r["id"] for r in records if r.get("regime") not in ("on", "off")]
     if untagged:
-        raise ValueError(
-            f"{len(untagged)} queries have no regime (e.g. {untagged[0]!r}); run `autothink data tag` first"
-        )
+        raise ValueError(f"{len(untagged)} queries have no regime (e.g. {untagged[0]!r}); "
+                         "run `autothink data tag` first")
     return records
 
 

@@ -85,29 +85,15 @@ def write_report(output_dir: str | Path) -> Path:
     def table(counts: dict) -> str:
         return "\n".join(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in counts.items())
 
-    lines = [
-        f"# Data report: {out}",
-        "",
-        f"{s['tagged']} tagged queries ({table(s['tagged_by']).replace(chr(10), ', ')})",
-        "",
-        "![plots](report.png)",
-        "",
-    ]
+    lines = [f"# Data report: {out}", "",
+             f"{s['tagged']} tagged queries ({table(s['tagged_by']).replace(chr(10), ', ')})",
+             "", "![plots](report.png)", ""]
     for title, counts in (("Regime", s["regime"]), ("Domain", s["domain"]), ("Difficulty", s["difficulty"])):
         lines += [f"## {title}", "", "| value | queries |", "| --- | --- |", table(counts), ""]
     for stage, e in s["stages"].items():
-        lines += [
-            f"## Stage: {stage}",
-            "",
-            "| status | records |",
-            "| --- | --- |",
-            table(e["status"]),
-            "",
-            "| yield | share kept |",
-            "| --- | --- |",
-            table({f"think-{k}": v for k, v in e["yield_by_regime"].items()}),
-            "",
-        ]
+        lines += [f"## Stage: {stage}", "", "| status | records |", "| --- | --- |", table(e["status"]), "",
+                  "| yield | share kept |", "| --- | --- |",
+                  table({f"think-{k}": v for k, v in e["yield_by_regime"].items()}), ""]
         if e["reasons"]:
             lines += ["| rejection reason | records |", "| --- | --- |", table(e["reasons"]), ""]
         for key in ("modes", "label_sources"):

@@ -37,9 +37,8 @@ class SynthConfig(StageConfig):
     solver: str | None = field(default=None, metadata={"help": "think-on solver backend (default: first teacher)"})
     thinker: str | None = field(default=None, metadata={"help": "think-on thinker backend (default: solver)"})
     critic: str | None = field(default=None, metadata={"help": "think-on critic backend (default: solver)"})
-    judge: str | None = field(
-        default=None, metadata={"help": "picks among unverifiable answers (default: first teacher)"}
-    )
+    judge: str | None = field(default=None,
+                              metadata={"help": "picks among unverifiable answers (default: first teacher)"})
     rounds: int = field(default=2, metadata={"help": "most critic/thinker rounds per think-on query"})
 
 
@@ -58,11 +57,8 @@ def synth_off(record: dict, agents: dict, prompts: Prompts, k: int) -> dict:
     candidates, verified, provenance = [], [], []
     for teacher in agents["teachers"]:
         try:
-            replies = teacher.ask(
-                prompts.messages("think_off", query=task.prompt),
-                n=k,
-                seed=record_seed(task.id, "off", teacher.backend.name),
-            )
+            replies = teacher.ask(prompts.messages("think_off", query=task.prompt), n=k,
+                                  seed=record_seed(task.id, "off", teacher.backend.name))
         except Exception as err:
             provenance.append({"backend": teacher.backend.name, "error": f"{type(err).__name__}: {err}"})
             continue
@@ -81,11 +77,8 @@ def synth_off(record: dict, agents: dict, prompts: Prompts, k: int) -> dict:
     else:
         listing = "\n\n".join(f"Candidate {i + 1}:\n{c}" for i, c in enumerate(candidates))
         try:
-            pick, _ = agents["judge"].ask_json(
-                prompts.messages("judge_select", query=task.prompt, candidates=listing),
-                _validate_pick(len(candidates)),
-                seed=record_seed(task.id, "pick"),
-            )
+            pick, _ = agents["judge"].ask_json(prompts.messages("judge_select", query=task.prompt, candidates=listing),
+                                               _validate_pick(len(candidates)), seed=record_seed(task.id, "pick"))
         except AgentError as err:
             return {"id": task.id, "status": "rejected", "reason": f"judge failed: {err}", "attempts": provenance}
         chosen, how = candidates[pick["best"] - 1], f"judge picked {pick['best']} of {len(candidates)}"
@@ -103,9 +96,8 @@ def synth_on(record: dict, agents: dict, prompts: Prompts, rounds: int) -> dict:
         for round_ in range(rounds + 1):
             passed, detail = check(task, split_final_answer(draft)[1] or draft)
             verdict, _ = agents["critic"].ask_json(
-                prompts.messages("critic", query=task.prompt, solution=draft),
-                _validate_critique,
-                seed=seed + 100 + round_,
+                prompts.messages("critic", query=task.prompt, solution=draft), _validate_critique,
+                seed=seed + 100 + round_
             )
             log.append({"round": round_, "passed": passed, "detail": detail[:200], "critic": verdict})
             if passed or (passed is None and verdict["accept"]):
@@ -121,12 +113,8 @@ def synth_on(record: dict, agents: dict, prompts: Prompts, rounds: int) -> dict:
     except AgentError as err:
         return {"id": task.id, "status": "rejected", "reason": f"critic failed: {err}", "rounds": log}
     except Exception as err:
-        return {
-            "id": task.id,
-            "status": "rejected",
-            "reason": f"backend failed: {type(err).__name__}: {err}",
-            "rounds": log,
-        }
+        return {"id": task.id, "status": "rejected", "reason": f"backend failed: {type(err).__name__}: {err}",
+                "rounds": log}
     reasoning, answer = split_final_answer("\n\n".join(trace))
     completion = f"{THINK_ON}{THINK}{strip_tags(reasoning)}{THINK_END}{ANSWER}{strip_tags(answer or draft)}{ANSWER_END}"
     return _kept(record, "on", completion, f"accepted in round {len(log) - 2}", log)
@@ -143,15 +131,9 @@ def _validate_critique(obj: dict) -> dict:
 
 def _kept(record: dict, mode: str, completion: str, how: str, provenance: list) -> dict:
     return {
-        "id": record["id"],
-        "status": "kept",
-        "mode": mode,
-        "how": how,
-        "provenance": provenance,
-        "prompt": record["messages"],
-        "completion": [{"role": "assistant", "content": completion}],
-        "domain": record["domain"],
-        "difficulty": record["difficulty"],
+        "id": record["id"], "status": "kept", "mode": mode, "how": how, "provenance": provenance,
+        "prompt": record["messages"], "completion": [{"role": "assistant", "content": completion}],
+        "domain": record["domain"], "difficulty": record["difficulty"],
     }
 
 
@@ -163,9 +145,7 @@ def run_synth(config: SynthConfig, backends: Backends | None = None) -> list[dic
     agents = {
         "teachers": [agent(spec) for spec in config.teachers],
         "judge": agent(config.judge or config.teachers[0]),
-        "solver": agent(solver),
-        "thinker": agent(config.thinker or solver),
-        "critic": agent(config.critic or solver),
+        "solver": agent(solver), "thinker": agent(config.thinker or solver), "critic": agent(config.critic or solver),
     }
     prompts = Prompts(config.prompts_dir)
 

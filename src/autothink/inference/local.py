@@ -57,9 +57,8 @@ class LocalBackend(Backend):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.name = (
-            name or os.path.basename(str(getattr(model.config, "_name_or_path", "") or "").rstrip("/")) or "local"
-        )
+        path = str(getattr(model.config, "_name_or_path", "") or "")
+        self.name = name or os.path.basename(path.rstrip("/")) or "local"
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
@@ -88,7 +87,9 @@ class LocalBackend(Backend):
         """The prompt text for one conversation (chat template, generation prompt, forced mode)."""
         extra = {} if thinking is None else {"thinking": thinking}
         try:
-            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False, **extra)
+            text = self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False, **extra
+            )
         except Exception as err:  # jinja errors, bad message structure
             raise ValueError(f"could not render the conversation with the chat template: {err}") from err
         if thinking in ("on", "off"):
@@ -148,7 +149,7 @@ class LocalBackend(Backend):
             results = self._sample(prompts, calls[0].params, seeds=seeds)
         out, start = [], 0
         for c in calls:
-            out.append(results[start : start + len(c.prompts)])
+            out.append(results[start:start + len(c.prompts)])
             start += len(c.prompts)
         return out
 
@@ -174,13 +175,8 @@ class LocalBackend(Backend):
         def work():
             try:
                 with self._lock:
-                    out = self._sample(
-                        [prompt],
-                        params,
-                        seeds=[(_Call.seed_of(params), 0)],
-                        streamer=_TokenQueue(pieces),
-                        cancel=cancel,
-                    )
+                    out = self._sample([prompt], params, seeds=[(_Call.seed_of(params), 0)],
+                                       streamer=_TokenQueue(pieces), cancel=cancel)
                 pieces.put(out[0][0])
             except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
                 pieces.put(err)
@@ -194,26 +190,22 @@ class LocalBackend(Backend):
                 tokens += item
                 text = _visible(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
                 if len(text) > len(shown) and text.startswith(shown):
-                    yield text[len(shown) :]
+                    yield text[len(shown):]
                     shown = text
             if isinstance(item, BaseException):
                 raise item
             if not item.text.startswith(shown):
                 raise RuntimeError(f"streamed text {shown!r} is not a prefix of the completion {item.text!r}")
             if len(item.text) > len(shown):
-                yield item.text[len(shown) :]
+                yield item.text[len(shown):]
             yield item
         finally:
             cancel.set()
             worker.join()
 
     def _sample(
-        self,
-        prompts: list[list[int]],
-        params: SamplingParams,
-        seeds: list[tuple[int, int]],
-        streamer=None,
-        cancel: threading.Event | None = None,
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]],
+        streamer=None, cancel: threading.Event | None = None,
     ) -> list[list[Completion]]:
         """`params.n` completions per prompt; `seeds[i]` = (call seed, index in the call) of prompt i."""
         rows = [i for i in range(len(prompts)) for _ in range(params.n)]  # row -> prompt
@@ -238,8 +230,8 @@ class LocalBackend(Backend):
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
             if p:
-                ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                mask[i, width - len(p) :] = 1
+                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[i, width - len(p):] = 1
         kwargs = dict(
             max_new_tokens=params.max_tokens,
             min_new_tokens=0,

@@ -90,28 +90,24 @@ class ReferenceBackend(Backend):
         for task in tasks:
             reasoning, answer = reference_solution(task)
             if answer is not None:
-                self.solutions[task.prompt.strip()] = (
-                    reasoning + "\n" if reasoning else ""
-                ) + f"Final answer: {answer}"
+                worked = reasoning + "\n" if reasoning else ""
+                self.solutions[task.prompt.strip()] = f"{worked}Final answer: {answer}"
         if not self.solutions:
             raise ValueError(f"{name}: none of the {len(tasks)} tasks has a reference answer to give")
         # Longest prompts first: a prompt that contains another one must win.
         self._prompts = sorted(self.solutions, key=len, reverse=True)
 
-    def _generate(
-        self, conversations: list[Conversation], params: SamplingParams, thinking: str | None
-    ) -> list[list[Completion]]:
+    def _generate(self, conversations: list[Conversation], params: SamplingParams,
+                  thinking: str | None) -> list[list[Completion]]:
         out = []
         for conversation in conversations:
-            users = [
-                m["content"] for m in conversation if m.get("role") == "user" and isinstance(m.get("content"), str)
-            ]
+            users = [m["content"] for m in conversation
+                     if m.get("role") == "user" and isinstance(m.get("content"), str)]
             last = users[-1] if users else ""
             prompt = next((p for p in self._prompts if p in last), None)
             if prompt is None:
-                raise BackendError(
-                    f"{self.name}: no known task question in the conversation (last user message starts {last[:80]!r})"
-                )
+                raise BackendError(f"{self.name}: no known task question in the conversation "
+                                   f"(last user message starts {last[:80]!r})")
             text = self.solutions[prompt]
             out.append([Completion(text=text, finish_reason="stop", tokens=len(text.split()))] * params.n)
         return out

@@ -242,24 +242,20 @@ def respond(
             fresh = [r for r in group if not r.generated]  # no text yet: all n rows of a conversation
             convs = list(dict.fromkeys(r.conv for r in fresh))  # sampled together (n per conversation)
             if convs:
-                outs = backend.generate(
-                    [conversations[i] for i in convs], dataclasses.replace(stage_params, n=params.n), thinking=control
-                )
+                outs = backend.generate([conversations[i] for i in convs],
+                                        dataclasses.replace(stage_params, n=params.n),
+                                        thinking=control)
                 by_conv = {i: iter(out) for i, out in zip(convs, outs)}
                 for row in fresh:
                     _advance(row, next(by_conv[row.conv]), params)
             going = [r for r in group if r.generated and r not in fresh]
             if going:
-                outs = backend.generate(
-                    [conversations[r.conv] for r in going],
-                    stage_params,
-                    thinking=control,
-                    prefix=[r.generated for r in going],
-                )
+                outs = backend.generate([conversations[r.conv] for r in going], stage_params, thinking=control,
+                                        prefix=[r.generated for r in going])
                 for row, out in zip(going, outs):
                     _advance(row, out[0], params)
     n = params.n
-    return [[_reply(backend, r) for r in rows[i * n : (i + 1) * n]] for i in range(len(conversations))]
+    return [[_reply(backend, r) for r in rows[i * n:(i + 1) * n]] for i in range(len(conversations))]
 
 
 def respond_stream(
@@ -286,9 +282,8 @@ def respond_stream(
         yield row.text
     while not row.done:
         completion = None
-        for item in backend.stream(
-            conversation, _stage_params(params, row, thinking_budget), thinking=row.thinking, prefix=row.generated
-        ):
+        for item in backend.stream(conversation, _stage_params(params, row, thinking_budget), thinking=row.thinking,
+                                   prefix=row.generated):
             if isinstance(item, Completion):
                 completion = item
             elif item:

@@ -29,9 +29,8 @@ def make_backend(spec: str, **options) -> Backend:
 
         path = spec[len("reference:"):]
         if not path:
-            raise ValueError(
-                "backend spec 'reference:' needs a tasks JSONL file, e.g. 'reference:runs/data/tagged.jsonl'"
-            )
+            raise ValueError("backend spec 'reference:' needs a tasks JSONL file, "
+                             "e.g. 'reference:runs/data/tagged.jsonl'")
         return ReferenceBackend(load_tasks(path, ignore_extra=True), name=spec)
     if spec.startswith(("http://", "https://")):
         from autothink.inference.http import HTTPBackend
@@ -44,7 +43,7 @@ def make_backend(spec: str, **options) -> Backend:
         return HTTPBackend(url, **options)
     from autothink.inference.local import LocalBackend
 
-    name = spec[len("local:") :] if spec.startswith("local:") else spec
+    name = spec[len("local:"):] if spec.startswith("local:") else spec
     if not name:
         raise ValueError("backend spec 'local:' needs a model name or directory, e.g. 'local:smollm2-135m-instruct'")
     if "://" in name:

@@ -354,21 +354,14 @@ def run_upscale(config: UpscaleConfig) -> dict:
         ValueError: unsupported architecture, a bad target depth, no calibration texts.
     """
     out = Path(config.output_dir)
-    job = {
-        "source": config.model,
-        "target_layers": config.target_layers,
-        "ratio": config.ratio,
-        "zero_init": config.zero_init,
-        "calibration": config.calibration,
-        "n_calibration": config.n_calibration,
-    }
+    job = {"source": config.model, "target_layers": config.target_layers, "ratio": config.ratio,
+           "zero_init": config.zero_init, "calibration": config.calibration, "n_calibration": config.n_calibration}
     done = out / "upscale.json"
     if done.exists():
         record = json.loads(done.read_text())
         if record.get("job") == job:
-            print(
-                f"upscale: {out} already holds this job ({record['layers_before']} -> {record['layers_after']} layers)"
-            )
+            print(f"upscale: {out} already holds this job "
+                  f"({record['layers_before']} -> {record['layers_after']} layers)")
             return record
     ratio = config.ratio if config.ratio is not None or config.target_layers is not None else 1.25
     texts, source = calibration_texts(config)
@@ -377,44 +370,22 @@ def run_upscale(config: UpscaleConfig) -> dict:
     target_depth(before, config.target_layers, ratio)  # fail before the calibration pass
     print(f"upscale: saturation of {before} layers on {len(texts)} calibration texts ({source})")
     table = saturation_table(model, tokenizer, texts, batch_size=config.batch_size, max_length=config.max_length)
-    duplicated = upscale(
-        model,
-        [row["saturation"] for row in table],
-        target_layers=config.target_layers,
-        ratio=ratio,
-        zero_init=config.zero_init,
-    )
+    duplicated = upscale(model, [row["saturation"] for row in table], target_layers=config.target_layers,
+                         ratio=ratio, zero_init=config.zero_init)
     origin = [i for i in range(before) for _ in range(2 if i in duplicated else 1)]
     out.mkdir(parents=True, exist_ok=True)
     done.unlink(missing_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     calibration = {"source": source, "texts": len(texts), "max_length": config.max_length}
-    (out / "saturation.json").write_text(
-        json.dumps(
-            {
-                "model": config.model,
-                "calibration": calibration,
-                "layers": [{**row, "duplicated": row["layer"] in duplicated} for row in table],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    (out / "saturation.json").write_text(json.dumps(
+        {"model": config.model, "calibration": calibration,
+         "layers": [{**row, "duplicated": row["layer"] in duplicated} for row in table]}, indent=2) + "\n")
     plot_saturation(table, out / "saturation.png", duplicated, title=f"{Path(resolve(config.model)).name} saturation")
-    record = {
-        "job": job,
-        "source": config.model,
-        "resolved": resolve(config.model),
-        "architecture": type(model).__name__,
-        "layers_before": before,
-        "layers_after": model.config.num_hidden_layers,
-        "duplicated": duplicated,
-        "layer_origin": origin,
-        "zero_init": config.zero_init,
-        "calibration": calibration,
-        "config": asdict(config),
-    }
+    record = {"job": job, "source": config.model, "resolved": resolve(config.model),
+              "architecture": type(model).__name__, "layers_before": before,
+              "layers_after": model.config.num_hidden_layers, "duplicated": duplicated, "layer_origin": origin,
+              "zero_init": config.zero_init, "calibration": calibration, "config": asdict(config)}
     done.write_text(json.dumps(record, indent=2) + "\n")
     print(f"upscale: {before} -> {record['layers_after']} layers, duplicated {duplicated} -> {out}")
     return record

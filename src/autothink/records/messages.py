@@ -30,10 +30,10 @@ def as_messages(value, field: str = "messages", string_role: str | None = None,
         alt = " or a string" if string_role is not None else ""
         raise ValueError(f"field {field!r} must be a non-empty list of {{role, content}} messages{alt} ({got})")
     for i, message in enumerate(value):
-        if not (isinstance(message, dict) and message.get("role") in roles and isinstance(message.get("content"), str)):
-            raise ValueError(
-                f"field {field!r}: message {i} must be an object with a role ({'|'.join(roles)}) and string content"
-            )
+        ok = isinstance(message, dict) and message.get("role") in roles and isinstance(message.get("content"), str)
+        if not ok:
+            raise ValueError(f"field {field!r}: message {i} must be an object with a role ({'|'.join(roles)}) "
+                             "and string content")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 

@@ -238,11 +238,8 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
             job.events = asyncio.Queue()
             scheduler.submit(job)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                stream_events(job, name, requested, include_usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
+            return StreamingResponse(stream_events(job, name, requested, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
         job.future = job.loop.create_future()
         scheduler.submit(job)
         try:
@@ -276,14 +273,8 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(
-    backend: Backend,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    log_level: str = "info",
-    grace_s: float = 60.0,
-    **app_options,
-) -> None:
+def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          grace_s: float = 60.0, **app_options) -> None:
     """Serve `backend` until interrupted; the first Ctrl+C (or SIGTERM) drains for up to `grace_s`.
 
     `app_options` go to `create_app` (`max_queue`, `max_batch`, `default_max_tokens`, ...).
@@ -294,13 +285,8 @@ def serve(
 
 
 @contextlib.contextmanager
-def running_server(
-    app_or_backend: FastAPI | Backend,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    startup_timeout_s: float = 30.0,
-    grace_s: float = 30.0,
-) -> Iterator[str]:
+def running_server(app_or_backend: FastAPI | Backend, host: str = "127.0.0.1", port: int = 0,
+                   startup_timeout_s: float = 30.0, grace_s: float = 30.0) -> Iterator[str]:
     """Run a server in a background thread; yield its base URL (`http://host:port`, no `/v1`).
 
     `port=0` picks a free port. Waits until `/health` answers; on exit the server drains (new
@@ -340,13 +326,5 @@ def run_serve(config: ServeConfig) -> None:
     """Load `config.model` and serve it until interrupted."""
     backend = make_backend(config.model, device=config.device, dtype=config.dtype)
     install_chat_template(backend.tokenizer)
-    serve(
-        backend,
-        host=config.host,
-        port=config.port,
-        grace_s=config.grace_seconds,
-        max_queue=config.max_queue,
-        max_batch=config.max_batch,
-        default_max_tokens=config.max_tokens,
-        directives=not config.no_directives,
-    )
+    serve(backend, host=config.host, port=config.port, grace_s=config.grace_seconds, max_queue=config.max_queue,
+          max_batch=config.max_batch, default_max_tokens=config.max_tokens, directives=not config.no_directives)

