@@ -28,3 +28,23 @@ def rl_prompt_rows(tasks):
     return [{"id": t.id, "prompt": t.messages, "verifier": t.verifier, "reference": json.dumps(t.reference),
              "difficulty": t.difficulty, "domain": t.domain, "prior_mode": "on" if t.difficulty >= 3 else "off"}
             for t in tasks]
+
+
+def small_teacher_tokenizer(corpus, vocab_size=320):
+    """A fast tokenizer unlike SmolLM2's: Gemma's scheme (spaces as '▁', BPE, byte-fallback decoder)
+    trained on `corpus`, with a vocabulary of `vocab_size` instead of Gemma's 262k, so that a teacher
+    on it is a different-tokenizer teacher whose logits are cheap."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    alphabet = sorted(set(string.printable.replace(" ", "▁")) | set("".join(corpus).replace(" ", "▁")))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet,
+                                  special_tokens=["<unk>", "<pad>", "<bos>", "<eos>"])
+    tok.train_from_iterator([t.replace(" ", "▁") for t in corpus], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>")

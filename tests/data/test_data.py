@@ -1,9 +1,9 @@
 """The data pipeline: vote and labels, judge replies, each stage's logic, bad input, kill + resume."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -344,6 +344,23 @@ def _cli(*args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+# `autothink data ...` whose cold-start stage kills its own process (SIGKILL, as the OOM killer would) when the
+# 4th record starts: with one worker exactly 3 records are on disk, every run.
+KILLED_ON_FOURTH_RECORD = """
+import os, signal, sys
+import autothink.data.coldstart as stage
+from autothink.cli import main
+calls, record = [], stage.coldstart_record
+def dying(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return record(*args, **kwargs)
+stage.coldstart_record = dying
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
     queries = tmp_path / "queries.jsonl"
     from autothink.tasks import load_suite, save_tasks
@@ -353,21 +370,18 @@ def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
         f.writelines(json.dumps({"id": f"open-{i}", "prompt": f"Name {i} colors."}) + "\n" for i in range(4))
     common = ["--on_backend", f"local:{tiny_dir}", "--samples", "2", "--max_tokens", "12", "--workers", "2",
               "--directive_fraction", "0.3"]
+    assert _cli("data", "tag", "--input", queries, "--output_dir", tmp_path / "tagged").wait(120) == 0
     runs = {}
     for name in ("straight", "resumed"):
         out = tmp_path / name
-        assert _cli("data", "tag", "--input", queries, "--output_dir", out).wait(120) == 0
+        out.mkdir()
+        shutil.copy(tmp_path / "tagged" / "tagged.jsonl", out / "tagged.jsonl")
         args = ["data", "coldstart", "--input", out / "tagged.jsonl", "--output_dir", out, *common]
-        if name == "resumed":
-            proc = _cli(*args)
-            records = out / "coldstart.records.jsonl"
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and (not records.exists() or len(records.read_text().splitlines()) < 3):
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            partial = len(records.read_text().splitlines())
-            assert 3 <= partial < 10, "the kill should land mid-run"
+        if name == "resumed":  # killed by SIGKILL on its 4th record, one record in flight at a time
+            proc = subprocess.run([sys.executable, "-c", KILLED_ON_FOURTH_RECORD, *map(str, args), "--workers", "1"],
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+            assert len((out / "coldstart.records.jsonl").read_text().splitlines()) == 3
         proc = _cli(*args)
         log = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, log

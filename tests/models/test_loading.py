@@ -1,4 +1,3 @@
-import time
 
 import pytest
 import torch
@@ -6,11 +5,9 @@ import torch
 from autothink import models
 
 
-def test_default_model_loads_from_cache_in_seconds():
+def test_default_model_loads_from_the_cache():
     models.prepare()  # converts once (first run only)
-    start = time.monotonic()
     model, tokenizer = models.load_model(device="cpu")
-    assert time.monotonic() - start < 15
     assert model.config.model_type == "llama" and model.dtype == torch.float32
     assert not hasattr(model.config, "quantization_config")
     assert tokenizer.pad_token is not None and len(tokenizer) == model.config.vocab_size == 49152

