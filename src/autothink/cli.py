@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"autothink {name}: error: {err}", file=sys.stderr)
         return 2
-    if result is not None:
-        summary = summarize(result)
-        line = " ".join(f"{k}={v}" for k, v in summary.items()) if isinstance(summary, dict) else summary
+    summary = summarize(result) if result is not None else None
+    line = " ".join(f"{k}={v}" for k, v in summary.items()) if isinstance(summary, dict) else summary
+    if line:
         print(f"{name}: {line}")
     return 0
 
