@@ -207,8 +207,8 @@ def true_ends(token_bytes):
 def gemma_tokenizer():
     from autothink.models import load_tokenizer
 
-    # The first use on a machine converts the embedded Gemma-3 GGUF (~90 s on 2 CPU cores, once;
-    # hence `slow`); later loads take a few seconds.
+    # The first use on a machine converts the tokenizer of the embedded Gemma-3 GGUF (~30 s, once; hence
+    # `slow`, and conftest.py starts it in the background); later loads take a few seconds.
     return load_tokenizer("gemma-3-270m")
 
 
