@@ -237,6 +237,7 @@ def respond(
         _start(i, conv, thinking, thinking_budget, directives) for i, conv in enumerate(conversations)
         for _ in range(params.n)
     ]
+    stop = {"cancel": cancel} if cancel is not None else {}
     while (pending := [r for r in rows if not r.done]) and not (cancel and cancel()):
         groups: dict[tuple, list[_Row]] = defaultdict(list)
         for row in pending:
@@ -247,14 +248,14 @@ def respond(
             if convs:
                 outs = backend.generate([conversations[i] for i in convs],
                                         dataclasses.replace(stage_params, n=params.n),
-                                        thinking=control, cancel=cancel)
+                                        thinking=control, **stop)
                 by_conv = {i: iter(out) for i, out in zip(convs, outs)}
                 for row in fresh:
                     _advance(row, next(by_conv[row.conv]), params)
             going = [r for r in group if r.generated and r not in fresh]
             if going:
                 outs = backend.generate([conversations[r.conv] for r in going], stage_params, thinking=control,
-                                        prefix=[r.generated for r in going], cancel=cancel)
+                                        prefix=[r.generated for r in going], **stop)
                 for row, out in zip(going, outs):
                     _advance(row, out[0], params)
     n = params.n

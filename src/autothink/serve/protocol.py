@@ -147,7 +147,8 @@ class ChatCompletionRequest(BaseModel):
                 if value is not None:
                     given[where] = normalize(value)
         if len(set(given.values())) > 1:
-            raise ValueError("contradicting values: " + ", ".join(f"{k}={v!r}" for k, v in given.items()))
+            (a, x), (b, y) = list(given.items())[:2]
+            raise ValueError(f"{a}={x!r} contradicts {b}={y!r}")
         return next(iter(given.values()), None)
 
     def thinking_mode(self) -> str | None:

@@ -59,7 +59,8 @@ _TEARDOWN_S = 5.0  # longest wait for the kernel to empty a killed sandbox
 # the rlimits in-process (no extra exec of prlimit) and runs main.py as the `__main__` script,
 # printing a traceback without its own frame. It forks first: the parent only waits and writes
 # how the program ended ("exit N" or "signal N") to the status fd, so that an `os._exit(137)` is
-# told from a SIGKILL, which bwrap's own exit status cannot do (both are 137).
+# told from a SIGKILL, which bwrap's own exit status cannot do (both are 137). Under bwrap the
+# launcher is the sandbox's pid 1 (`--as-pid-1`), which no process inside can kill.
 _LAUNCHER = """\
 import builtins as _b, os as _o, resource as _r, sys as _s, _sitebuiltins as _sb
 for _k, _v in {limits!r}:
@@ -148,7 +149,7 @@ def _extra_binds(python: str) -> list[str]:
 def _bwrap_argv(bwrap: str, python: str, code_fd: int, info_fd: int, block_fd: int | None, tmpfs_bytes: int,
                 env: Mapping[str, str]) -> list[str]:
     argv = [bwrap, "--info-fd", str(info_fd), *(["--block-fd", str(block_fd)] if block_fd is not None else []),
-            "--unshare-all", "--unshare-user", "--disable-userns",
+            "--unshare-all", "--as-pid-1", "--unshare-user", "--disable-userns",
             "--die-with-parent", "--new-session", "--clearenv", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for d in SYSTEM_DIRS[1:]:
