@@ -21,15 +21,15 @@ def _recipe(tmp_path, stages, **top):
 def test_stages_are_wired_to_the_ones_before(tmp_path):
     path = _recipe(tmp_path, {"tag": {"input": "arithmetic", "n": 4}, "coldstart": {}, "eval:base": {},
                               "sft": {"max_steps": 2}, "rl": {"max_steps": 1}, "eval": {"n": 2}},
-                   model="some-model")
+                   model="smollm2-135m-instruct")
     out, stages = load_recipe(path)
     run = tmp_path / "run"
     assert out == run and [s.name for s in stages] == ["tag", "coldstart", "eval:base", "sft", "rl", "eval"]
     by = {s.name: s.config for s in stages}
     assert by["tag"].output_dir == by["coldstart"].output_dir == str(run / "data")
     assert by["coldstart"].input == str(run / "data" / "tagged.jsonl")
-    assert by["eval:base"].model == "some-model" and by["eval:base"].output_dir == str(run / "eval-base")
-    assert (by["sft"].model, by["sft"].data) == ("some-model", str(run / "data" / "coldstart.jsonl"))
+    assert by["eval:base"].model == "smollm2-135m-instruct" and by["eval:base"].output_dir == str(run / "eval-base")
+    assert (by["sft"].model, by["sft"].data) == ("smollm2-135m-instruct", str(run / "data" / "coldstart.jsonl"))
     assert (by["rl"].model, by["rl"].data) == (str(run / "sft"), str(run / "data" / "rl_prompts.jsonl"))
     assert by["eval"].model == str(run / "rl") and by["eval"].n == 2
     assert by["sft"].max_steps == 2 and by["sft"].report_to in ([], "none")  # no TensorBoard unless asked
@@ -92,3 +92,21 @@ def test_accelerate_configs_are_valid():
     kinds = {p.name: ClusterConfig.from_yaml_file(p).distributed_type for p in (RECIPES / "accelerate").glob("*.yaml")}
     assert {k: v.value for k, v in kinds.items()} == {
         "multi_gpu.yaml": "MULTI_GPU", "fsdp2.yaml": "FSDP", "deepspeed_zero2.yaml": "DEEPSPEED"}
+
+
+def test_every_stage_uses_and_checks_the_model_it_is_given(tmp_path):
+    path = _recipe(tmp_path, {"tag": {"input": "arithmetic", "n": 2}, "coldstart": {}}, model="smollm2-135m-instruct")
+    _, stages = load_recipe(path)
+    assert stages[1].config.on_backend == "smollm2-135m-instruct"  # the recipe's model samples the cold start
+    with pytest.raises(ValueError, match="model: unknown model 'no-such-model-xyz'"):
+        load_recipe(_recipe(tmp_path, {"coldstart": {}}, model="no-such-model-xyz"))
+    with pytest.raises(ValueError, match=r"stages.coldstart.judge: unknown model 'nope'"):
+        load_recipe(_recipe(tmp_path, {"coldstart": {"judge": "local:nope"}}))
+    # a model an earlier stage writes is not checked before it exists
+    _, stages = load_recipe(_recipe(tmp_path, {"sft": {}, "eval": {}}))
+    assert stages[1].config.model == str(tmp_path / "run" / "sft")
+
+
+def test_a_string_for_a_list_option_is_one_item(tmp_path):
+    _, stages = load_recipe(_recipe(tmp_path, {"eval": {"suites": "arithmetic:1"}}))
+    assert stages[0].config.suites == ["arithmetic:1"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import typing
 from pathlib import Path
 from typing import TypeVar
 
@@ -68,6 +69,22 @@ JOBS: dict[str, Job] = {
 }
 
 
+def check_integers(config, **minimums: int) -> None:
+    """Each named field of `config` must be an integer >= its minimum (None only where `None` is the default).
+
+    Raises:
+        ValueError: naming the config class, the field and the value.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name, low in minimums.items():
+        value = getattr(config, name)
+        if value is None and defaults.get(name) is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            optional = " or None" if defaults.get(name) is None else ""
+            raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {low}{optional}, got {value!r}")
+
+
 def check_options(data, cls: type, source: str) -> dict:
     """Check that `data` maps field names of `cls` to values.
 
@@ -83,6 +100,15 @@ def check_options(data, cls: type, source: str) -> dict:
             hint = f"; did you mean {close[0]!r}?" if close else f"; options: {', '.join(fields) or 'none'}"
             raise ValueError(f"{source}: unknown option {key!r} for {cls.__name__}{hint}")
     return data
+
+
+def _lists_of_one(cls: type, data: dict) -> dict:
+    """A string given for a list option (`suites: arithmetic` in YAML) is a list of that one string."""
+    hints = typing.get_type_hints(cls)
+    listed = {name for name, hint in hints.items()
+              if typing.get_origin(hint) is list or list in typing.get_args(hint)
+              or any(typing.get_origin(a) is list for a in typing.get_args(hint))}
+    return {k: [v] if k in listed and isinstance(v, str) else v for k, v in data.items()}
 
 
 def _add_positionals(parser: argparse.ArgumentParser, cls: type) -> list[str]:
@@ -116,10 +142,10 @@ def parse_config(cls: type[T], argv: list[str], prog: str, defaults: dict | None
     parser = HfArgumentParser(cls, prog=prog, description=(cls.__doc__ or "").strip().split("\n\n")[0])
     parser.add_argument("--config", help="YAML file with option values (flags override it)")
     required = _add_positionals(parser, cls)
-    parser.set_defaults(**check_options(defaults or {}, cls, prog))
+    parser.set_defaults(**_lists_of_one(cls, check_options(defaults or {}, cls, prog)))
     if known.config:
         data = yaml.safe_load(Path(known.config).read_text()) or {}
-        parser.set_defaults(**check_options(data, cls, known.config))
+        parser.set_defaults(**_lists_of_one(cls, check_options(data, cls, known.config)))
     namespace = parser.parse_args(argv)
     missing = [name for name in required if not getattr(namespace, name, None)]
     if missing:

@@ -181,7 +181,23 @@ _CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
     " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+# Appended to the model's own template. `thinking` takes "auto" | "on" | "off" or a boolean
+# (DeepSeek-V3.1's `thinking=True`); Qwen3's `enable_thinking=False` / `True` is read as off / on.
 _THINKING_SUFFIX = (
+    "{#- autothink: thinking control -#}"
+    "{%- if add_generation_prompt %}"
+    "{%- set _mode = thinking if thinking is defined else none %}"
+    "{%- if _mode is none and enable_thinking is defined and enable_thinking is not none %}"
+    "{%- set _mode = 'on' if enable_thinking else 'off' %}{%- endif %}"
+    "{%- if _mode is sameas true %}{%- set _mode = 'on' %}{%- elif _mode is sameas false %}{%- set _mode = 'off' %}"
+    "{%- endif %}"
+    "{%- if _mode == 'on' %}{{ '" + _FORCED_PREFIX["on"] + "' }}"
+    "{%- elif _mode == 'off' %}{{ '" + _FORCED_PREFIX["off"] + "' }}"
+    "{%- elif _mode is not none and _mode != 'auto' %}{{ raise_exception(\"thinking must be 'auto', 'on' or 'off'\") }}"
+    "{%- endif %}{%- endif %}"
+)
+# The suffix of checkpoints saved before `enable_thinking` was read: replaced, never stacked.
+_FORMER_SUFFIX = (
     "{%- if add_generation_prompt and thinking is defined and thinking is not none %}"
     "{%- if thinking == 'on' %}{{ '" + _FORCED_PREFIX["on"] + "' }}"
     "{%- elif thinking == 'off' %}{{ '" + _FORCED_PREFIX["off"] + "' }}"
@@ -198,7 +214,8 @@ def forced_prefix(thinking: Thinking) -> str:
 
 
 def install_chat_template(tokenizer) -> None:
-    """Make `apply_chat_template(..., thinking="auto"|"on"|"off")` work on `tokenizer`.
+    """Make `apply_chat_template(..., thinking="auto"|"on"|"off")` work on `tokenizer` (also `thinking=True|False`
+    and Qwen3's `enable_thinking=True|False`).
 
     The tokenizer's own template (ChatML if it has none) is kept and a suffix is appended that
     prefills the forced mode after the generation prompt. Idempotent.
@@ -207,7 +224,7 @@ def install_chat_template(tokenizer) -> None:
     if not isinstance(base, str):
         raise ValueError("tokenizers with several named chat templates are not supported")
     if _THINKING_SUFFIX not in base:
-        tokenizer.chat_template = base + _THINKING_SUFFIX
+        tokenizer.chat_template = base.replace(_FORMER_SUFFIX, "") + _THINKING_SUFFIX
 
 
 def add_autothink_tokens(tokenizer, model=None) -> int:

@@ -34,12 +34,16 @@ from typing import ClassVar
 import yaml
 
 from autothink.config import JOBS, check_options, parse_config
+from autothink.inference.spec import local_model
 
 STAGES = {job.stage: job for job in JOBS.values() if job.stage}  # stage name -> its job
 DATA_STAGES = ("tag", "synth", "coldstart")
 MODEL_STAGES = ("upscale", "distill", "sft", "rl")
 TRAINERS = ("distill", "sft", "rl")
 RECIPE_KEYS = ("output_dir", "model", "stages")
+# Options that name a model or backend, checked before any work (local models must exist).
+BACKEND_OPTIONS = ("model", "student", "teacher", "teacher_on", "teacher_off", "teachers", "on_backend", "off_backend",
+                   "judge", "solver", "thinker", "critic", "fallback")
 STATE_FILE = "run_state.json"
 
 
@@ -66,7 +70,7 @@ def _wired(job: str, out: Path, model: str) -> dict:
     return {
         "tag": {"output_dir": str(data)},
         "synth": {"input": str(data / "tagged.jsonl"), "output_dir": str(data)},
-        "coldstart": {"input": str(data / "tagged.jsonl"), "output_dir": str(data)},
+        "coldstart": {"input": str(data / "tagged.jsonl"), "output_dir": str(data), "on_backend": model},
         "upscale": {"model": model},
         "distill": {"student": model, "data": str(data / "stage1.jsonl")},
         "sft": {"model": model, "data": str(data / "coldstart.jsonl")},
@@ -98,9 +102,15 @@ def load_recipe(path: str | Path) -> tuple[Path, list[Stage]]:
     stages = recipe.get("stages")
     if not isinstance(stages, dict) or not stages:
         raise ValueError(f"{path}: `stages` must map stage names to their options")
+    from autothink.models.loading import check_model  # (imports torch: not at `autothink -h`)
+
     out = Path(recipe.get("output_dir", "runs/pipeline"))
     model = str(recipe.get("model", "smollm2-135m-instruct"))
-    built = []
+    try:
+        check_model(model)
+    except ValueError as err:
+        raise ValueError(f"{path}: model: {err}") from None
+    built, produced = [], set()
     for name, options in stages.items():
         where = f"{path}: stages.{name}"
         job = _job(str(name), f"{path}: stages")
@@ -113,9 +123,18 @@ def load_recipe(path: str | Path) -> tuple[Path, list[Stage]]:
             config = parse_config(cls, [], prog=where, defaults=merged)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{where}: {err}") from None
+        for key in BACKEND_OPTIONS:  # every local model a stage is given exists (or an earlier stage makes it)
+            for spec in [v for v in _as_list(merged.get(key)) if isinstance(v, str)]:
+                local = local_model(spec)
+                if local is not None and local not in produced:
+                    try:
+                        check_model(local)
+                    except ValueError as err:
+                        raise ValueError(f"{where}.{key}: {err}") from None
         built.append(Stage(str(name), job, config, merged))
         if job in MODEL_STAGES:
             model = str(merged["output_dir"])
+            produced.add(model)
     return out, built
 
 
@@ -160,6 +179,10 @@ def run_recipe(path: str | Path) -> dict:
         state_path.write_text(json.dumps(state, indent=2) + "\n")
     print(f"run: {len(stages)} stages in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
     return state
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _plain(options: dict) -> dict:

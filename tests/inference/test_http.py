@@ -349,3 +349,14 @@ def test_running_server_stops():
             assert r.status == 200
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url + "/health", timeout=2)
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_a_reasoning_parsers_split_is_read_back(field):
+    """vLLM with a reasoning parser answers `reasoning` (>= 0.16; `reasoning_content` before) beside the
+    content: the teacher's reasoning is kept, in the <think> tags the model wrote it in."""
+    body = completion_body(["The answer is 4."])
+    body["choices"][0]["message"][field] = "2 + 2 = 4"
+    with scripted_server(lambda i, _: (200, {}, body)) as (url, _):
+        out = HTTPBackend(url, model="m", max_retries=0).generate(CONVS[:1], SamplingParams())
+    assert out[0][0].text == "<think>2 + 2 = 4</think>The answer is 4."

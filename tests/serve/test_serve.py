@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -174,12 +175,12 @@ def test_stream_of_the_local_backend_is_incremental(tiny):
 
 def test_a_client_leaving_a_stream_stops_generation(tiny):
     url, app, _ = tiny
-    stream = client(url).chat.completions.create(model="tiny", messages=Q, max_tokens=3000, stream=True)
+    stream = client(url).chat.completions.create(model="tiny", messages=Q, max_tokens=1500, stream=True)
     for _, _chunk in zip(range(5), stream):
         pass
     stream.close()
     scheduler = app.state.scheduler
-    wait_for(lambda: scheduler.running == 0, timeout=5)  # 3000 tokens would take much longer
+    wait_for(lambda: scheduler.running == 0, timeout=5)  # 1500 tokens would take much longer
 
 
 def test_response_schema(tiny):
@@ -227,6 +228,25 @@ X = [{"role": "user", "content": "x"}]
          "add_generation_prompt=false"),
         ({"messages": X + [{"role": "assistant", "content": "a"}], "continue_final_message": True,
           "add_generation_prompt": False, "thinking_budget": 4}, "do not apply"),
+        # coerced types are refused
+        ({"messages": X, "max_tokens": "8"}, "max_tokens"),
+        ({"messages": X, "max_tokens": True}, "max_tokens"),
+        ({"messages": X, "n": 2.0}, "n"),
+        ({"messages": X, "temperature": True}, "temperature"),
+        ({"messages": X, "stream": 1}, "stream"),
+        # bounded: stop strings
+        ({"messages": X, "stop": ["x"] * 17}, "at most 16 stop strings"),
+        ({"messages": X, "stop": "x" * 257}, "at most 16 stop strings of at most 256 characters"),
+        # what the server cannot honour is said, not ignored
+        ({"messages": X, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool calling is not supported"),
+        ({"messages": X, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": X, "logprobs": True}, "log-probabilities"),
+        ({"messages": X, "presence_penalty": 0.5}, "presence penalty"),
+        ({"messages": X, "n": 1000}, "n"),
+        # today's thinking switches, checked like ours
+        ({"messages": X, "chat_template_kwargs": {"enable_thinking": "no"}}, "enable_thinking must be a boolean"),
+        ({"messages": X, "thinking": True, "chat_template_kwargs": {"enable_thinking": False}}, "contradicts"),
+        ({"messages": X, "thinking_token_budget": 0}, "thinking_token_budget"),
     ],
 )
 def test_bad_requests_get_400_with_a_message(scripted, body, needle):
@@ -377,3 +397,100 @@ def test_sigterm_drains_the_served_app():
     thread.join(timeout=20)
     assert not thread.is_alive()
     sock.close()
+
+
+@pytest.mark.parametrize("extra, mode", [
+    ({"chat_template_kwargs": {"enable_thinking": False}}, "off"),  # Qwen3
+    ({"chat_template_kwargs": {"enable_thinking": True}}, "on"),
+    ({"thinking": False}, "off"),  # DeepSeek-V3.1
+    ({"chat_template_kwargs": {"thinking": True}}, "on"),
+])
+def test_todays_thinking_switches(scripted, extra, mode):
+    url, _ = scripted
+    status, _, payload = post(url, {"messages": X, "max_tokens": 64, **extra})
+    choice = json.loads(payload)["choices"][0]
+    assert status == 200 and choice["thinking"] == mode and choice["thinking_mode"] == mode
+
+
+def test_thinking_token_budget_is_vllms_name_for_the_budget(scripted):
+    url, _ = scripted
+    status, _, payload = post(url, {"messages": X, "max_tokens": 64, "thinking": "on", "thinking_token_budget": 2})
+    assert status == 200 and json.loads(payload)["choices"][0]["message"]["reasoning"] is not None
+
+
+def test_reasoning_goes_out_under_both_names(scripted):
+    url, _ = scripted
+    reply = client(url).chat.completions.create(model="scripted", messages=X, max_tokens=64,
+                                                extra_body={"thinking": "on"})
+    message = reply.choices[0].message
+    assert message.reasoning and message.reasoning == message.reasoning_content
+    chunks = list(client(url).chat.completions.create(model="scripted", messages=X, max_tokens=64, stream=True,
+                                                      extra_body={"thinking": "on"}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices and getattr(c.choices[0].delta, "reasoning", None)]
+    assert deltas and all(d.reasoning == d.reasoning_content for d in deltas)
+
+
+def test_the_context_bounds_every_request(tiny):
+    url, _, backend = tiny
+    context = backend.context_length
+    status, _, payload = post(url, {"messages": Q, "max_tokens": context})
+    assert status == 400 and "context is 2048 tokens" in json.loads(payload)["error"]["message"]
+    long = [{"role": "user", "content": "word " * (context + 10)}]
+    status, _, payload = post(url, {"messages": long, "max_tokens": 1})
+    assert status == 400 and "the prompt is" in json.loads(payload)["error"]["message"]
+    # with no max_tokens the default is cut to what fits
+    near = [{"role": "user", "content": "word " * (context - 40)}]
+    status, _, payload = post(url, {"messages": near, "temperature": 0})
+    body = json.loads(payload)
+    assert status == 200 and body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] <= context
+
+
+def test_a_client_that_leaves_a_non_streaming_request_stops_its_job(tiny):
+    url, app, _ = tiny
+    scheduler = app.state.scheduler
+    body = json.dumps({"messages": Q, "max_tokens": 1500, "temperature": 1.0}).encode()
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    wait_for(lambda: scheduler.running == 1)
+    sock.close()  # the client goes away
+    wait_for(lambda: scheduler.running == 0, timeout=10)  # 1500 tokens would take much longer
+
+
+def test_api_key_and_served_model_name(tokenizer):
+    model, tok = varied_tiny(tokenizer, autothink=True)
+    app = create_app(LocalBackend(model, tok, name="tiny"), model_name="my-model", api_key="s3cret")
+    with running_server(app) as url:
+        with pytest.raises(openai.AuthenticationError):
+            client(url).models.list()
+        authed = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0, timeout=30)
+        assert [m.id for m in authed.models.list().data] == ["my-model"]
+        assert authed.chat.completions.create(model="my-model", messages=Q, max_tokens=2).choices
+        assert get(url + "/health")[0] == 200  # the health check needs no key
+
+
+def test_shutdown_honours_the_grace_period_with_a_job_that_never_ends(tokenizer, capfd):
+    """A generation that would run for minutes: past the grace period it is stopped, its client gets a 503,
+    and the server is gone a moment later, without tracebacks."""
+    model, tok = varied_tiny(tokenizer, autothink=True)
+    app = create_app(LocalBackend(model, tok, name="tiny"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = DrainingServer(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5),
+                            app.state.scheduler, grace_s=1)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started)
+    with ThreadPoolExecutor(1) as pool:
+        never = pool.submit(post, url, {"messages": Q, "max_tokens": 2000, "temperature": 1.0})
+        wait_for(lambda: app.state.scheduler.running == 1)
+        start = time.monotonic()
+        server.handle_exit(signal.SIGTERM, None)
+        status, _, payload = never.result(timeout=30)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and time.monotonic() - start < 15  # 1 s of grace, not the 2000 tokens
+    assert status == 503 and "shut down" in json.loads(payload)["error"]["message"]
+    sock.close()
+    assert "CancelledError" not in capfd.readouterr().err

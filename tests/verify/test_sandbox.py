@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from autothink.sandbox import RunResult, SandboxUnavailable, run_many, run_python
+from autothink.verify import sandbox
+from autothink.verify.sandbox import memory_bound
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux namespaces")
 
@@ -367,3 +369,37 @@ def test_fallback_still_enforces_limits():
     with pytest.warns(RuntimeWarning):
         r = run_python("x = bytearray(1 << 30)", bwrap="/nonexistent/bwrap", isolation="fallback", memory_mb=256)
     assert r.returncode == 1 and "MemoryError" in r.stderr
+
+
+def test_an_exit_status_is_reported_as_an_exit_status():
+    r = run("import os\nos._exit(137)")
+    assert (r.returncode, r.killed_reason) == (137, None)
+    r = run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert (r.returncode, r.killed_reason) == (137, "SIGKILL")
+    r = run("raise SystemExit(3)")
+    assert (r.returncode, r.killed_reason) == (3, None)
+
+
+@pytest.mark.parametrize("cgroup", ["auto", "off"])
+def test_memory_outside_the_address_space_is_bounded(cgroup, monkeypatch):
+    """memfd pages are no part of RLIMIT_AS: 30 files of 16 MB held 480 MB at memory_mb=64 before. A memory
+    cgroup per run bounds them where the machine allows one, else NOFILE x FSIZE ("off" forces that)."""
+    monkeypatch.setenv("AUTOTHINK_SANDBOX_CGROUP", cgroup)
+    sandbox._memory_cgroup.cache_clear()
+    hoard = textwrap.dedent("""
+        import os, sys
+        held = []
+        for i in range(30):
+            fd = os.memfd_create("m%d" % i)
+            held.append(fd)
+            for _ in range(16):
+                os.write(fd, b"x" * (1 << 20))
+                print(sum(os.fstat(f).st_size for f in held) >> 20, flush=True)
+    """)
+    r = run(hoard, memory_mb=64, timeout_s=20)
+    peak = max([int(line) for line in r.stdout.split()] or [0])
+    assert not r.ok and peak <= 64, (peak, r.killed_reason, memory_bound())
+    assert memory_bound().startswith(("cgroup v2", "cgroup v1", "rlimits"))
+    if cgroup == "off":
+        assert memory_bound().startswith("rlimits") and "File too large" in r.stderr  # FSIZE = 64 MB / 64
+    sandbox._memory_cgroup.cache_clear()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autothink.algorithms.rewards import vote_mode
+from autothink.config import check_integers
 from autothink.data.agents import (
     Prompts,
     first_sentences,
@@ -71,6 +72,13 @@ class ColdstartConfig(StageConfig):
         "help": "backend asked once when no sample of the chosen mode verifies (a stronger model, or "
                 "'reference:<tasks.jsonl>' for the tasks' own solutions); a query neither mode solved then "
                 "takes its tagged regime as the label"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_integers(self, samples=1)
+        for name in ("random_fraction", "directive_fraction", "delta"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"ColdstartConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
 
 
 def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: ColdstartConfig) -> dict:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from autothink.config import check_integers
 from autothink.data.agents import Agent
 from autothink.format import MODES
 from autothink.inference.backend import Backend
@@ -28,6 +29,9 @@ class StageConfig:
     max_tokens: int = field(default=384, metadata={"help": "token limit of each agent reply"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the agents"})
     retries: int = field(default=2, metadata={"help": "extra attempts for an unusable agent reply"})
+
+    def __post_init__(self):
+        check_integers(self, n=1, workers=1, max_tokens=1, retries=0)
 
 
 def load_queries(config: StageConfig) -> list[dict]:

@@ -37,7 +37,7 @@ def run_records(
 
     `process` must return a JSON-serializable dict with the input's `id`. An exception in
     `process` does not stop the run: the record is written with `status: "error"` and the
-    message, so it is reported, not dropped (delete those lines to retry them).
+    message, so it is reported, not dropped; the next run retries it.
 
     Args:
         records: input dicts, each with a unique string `id`.
@@ -53,7 +53,8 @@ def run_records(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     done = load_done(output)
-    todo = [r for r in records if r["id"] not in done]
+    # An error is never final: the records that raised last time are retried.
+    todo = [r for r in records if r["id"] not in done or done[r["id"]].get("status") == "error"]
 
     def safe(record: dict) -> dict:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autothink.config import check_integers
 from autothink.data.agents import AgentError, Prompts, split_final_answer, strip_tags
 from autothink.data.common import (
     Backends,
@@ -40,6 +41,10 @@ class SynthConfig(StageConfig):
     judge: str | None = field(default=None,
                               metadata={"help": "picks among unverifiable answers (default: first teacher)"})
     rounds: int = field(default=2, metadata={"help": "most critic/thinker rounds per think-on query"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_integers(self, k=1, rounds=1)
 
 
 def _validate_pick(count: int):

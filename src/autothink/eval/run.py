@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from autothink.config import check_integers
 from autothink.data.runner import record_seed
 from autothink.format import (
     THINKING,
@@ -87,13 +88,7 @@ class EvalConfig:
     def __post_init__(self):
         # YAML 1.1 reads unquoted `on` / `off` as booleans.
         self.modes = [{True: "on", False: "off"}[m] if isinstance(m, bool) else m for m in self.modes]
-        for name, low in (("max_tokens", 1), ("samples", 1), ("think_budget", 1), ("batch_size", 1),
-                          ("verify_workers", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"EvalConfig.{name} must be an integer >= {low}, got {value!r}")
-        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
-            raise ValueError(f"EvalConfig.n must be an integer >= 1 or None, got {self.n!r}")
+        check_integers(self, max_tokens=1, samples=1, think_budget=1, batch_size=1, verify_workers=0, n=1)
         if not self.temperature >= 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"EvalConfig: need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, "
                              f"{self.top_p}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from autothink.format import THINKING
 
@@ -107,12 +107,21 @@ class Backend(ABC):
     """Samples completions for chat conversations; `name` identifies the model.
 
     Subclasses implement `_generate(conversations, params, thinking)`; those that can continue a
-    partly written reply set `supports_prefix = True` and accept `prefixes=` there too. `stream`
-    works on every backend; subclasses that can stream override it.
+    partly written reply set `supports_prefix = True` and accept `prefixes=` there too; those that
+    can stop a generation half-way set `supports_cancel = True` and accept `cancel=`. `stream`
+    works on every backend; subclasses that can stream override it. A backend that knows its
+    model's context sets `context_length` and counts `prompt_tokens`, so callers (the server) can
+    bound a request before it runs.
     """
 
     name: str = "backend"
     supports_prefix: bool = False
+    supports_cancel: bool = False
+    context_length: int | None = None
+
+    def prompt_tokens(self, conversation: Conversation, thinking: str | None = None) -> int | None:
+        """Tokens of the rendered prompt of `conversation`, or None when the backend cannot tell."""
+        return None
 
     def generate(
         self,
@@ -120,6 +129,7 @@ class Backend(ABC):
         params: SamplingParams,
         thinking: str | None = None,
         prefix: str | Sequence[str] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[list[Completion]]:
         """One list of `params.n` completions per conversation, in the order given.
 
@@ -127,6 +137,8 @@ class Backend(ABC):
             prefix: the start of the assistant reply to continue (one string for all
                 conversations or one per conversation); it comes after the forced-mode prefix
                 and is not part of the completion text.
+            cancel: polled while generating on backends that `supports_cancel`; once it returns
+                True the completions end where they are (finish reason "length").
 
         Raises:
             ValueError: a bad `thinking` or `prefix`, or a prefix for a backend that cannot
@@ -139,11 +151,12 @@ class Backend(ABC):
         prefixes = _check_prefixes(prefix, len(conversations))
         if not conversations:
             return []
+        extra = {"cancel": cancel} if cancel is not None and self.supports_cancel else {}
         if prefixes is None:
-            return self._generate(conversations, params, thinking)
+            return self._generate(conversations, params, thinking, **extra)
         if not self.supports_prefix:
             raise ValueError(f"{type(self).__name__} cannot continue a reply from a prefix")
-        return self._generate(conversations, params, thinking, prefixes=prefixes)
+        return self._generate(conversations, params, thinking, prefixes=prefixes, **extra)
 
     def stream(
         self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = ""

@@ -286,11 +286,18 @@ class HTTPBackend(Backend):
 
 
 def _choice_text(choice) -> str:
-    """The generated text of a choice: `raw_content` when the server sends it, else `content`."""
+    """The generated text of a choice: `raw_content` when the server sends it (`autothink serve`), else
+    the content after the reasoning a reasoning parser split off (`reasoning`, vLLM >= 0.16, or
+    `reasoning_content`), put back in `<think>` tags as the model wrote it."""
     raw = getattr(choice, "raw_content", None)
     if isinstance(raw, str):
         return raw
-    return (choice.message.content or "") if choice.message else ""
+    message = choice.message
+    if message is None:
+        return ""
+    reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
+    content = message.content or ""
+    return f"<think>{reasoning}</think>{content}" if isinstance(reasoning, str) and reasoning else content
 
 
 def _token_counts(choices, texts: list[str], total: int | None) -> list[int]:

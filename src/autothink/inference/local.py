@@ -8,7 +8,7 @@ import queue
 import re
 import secrets
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import (
@@ -49,6 +49,7 @@ class LocalBackend(Backend):
     """
 
     supports_prefix = True
+    supports_cancel = True
 
     def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -68,6 +69,7 @@ class LocalBackend(Backend):
             raise ValueError("neither the model's generation config nor the tokenizer defines an EOS token")
         self.eos_ids = eos
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        self.context_length = getattr(model.config, "max_position_embeddings", None)
         self._stop_criteria: dict[tuple, StopStringCriteria] = {}
         self._lock = threading.Lock()  # the model: one generate at a time
         self._pending: list[_Call] = []  # calls waiting to be coalesced
@@ -112,6 +114,9 @@ class LocalBackend(Backend):
             for c, p in zip(conversations, prefixes)
         ]
 
+    def prompt_tokens(self, conversation: Conversation, thinking: str | None = None) -> int:
+        return len(self._encode([conversation], thinking)[0])
+
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
     def _generate(
@@ -120,8 +125,9 @@ class LocalBackend(Backend):
         params: SamplingParams,
         thinking: str | None,
         prefixes: list[str] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[list[Completion]]:
-        call = _Call(self._encode(conversations, thinking, prefixes), params)
+        call = _Call(self._encode(conversations, thinking, prefixes), params, cancel)
         with self._cv:
             self._pending.append(call)
             while not call.done and self._running:
@@ -146,8 +152,10 @@ class LocalBackend(Backend):
         """Several calls with the same sampling settings as one `_sample`; results split back per call."""
         prompts = [p for c in calls for p in c.prompts]
         seeds = [(c.seed, i) for c in calls for i in range(len(c.prompts))]
+        cancels = [c.cancel for c in calls]  # a shared batch stops when every caller has cancelled
+        cancel = (lambda: all(f() for f in cancels)) if all(f is not None for f in cancels) else None
         with self._lock:
-            results = self._sample(prompts, calls[0].params, seeds=seeds)
+            results = self._sample(prompts, calls[0].params, seeds=seeds, cancel=cancel)
         out, start = [], 0
         for c in calls:
             out.append(results[start:start + len(c.prompts)])
@@ -177,7 +185,7 @@ class LocalBackend(Backend):
             try:
                 with self._lock:
                     out = self._sample([prompt], params, seeds=[(_Call.seed_of(params), 0)],
-                                       streamer=_TokenQueue(pieces), cancel=cancel)
+                                       streamer=_TokenQueue(pieces), cancel=cancel.is_set)
                 pieces.put(out[0][0])
             except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
                 pieces.put(err)
@@ -206,7 +214,7 @@ class LocalBackend(Backend):
 
     def _sample(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]],
-        streamer=None, cancel: threading.Event | None = None,
+        streamer=None, cancel: Callable[[], bool] | None = None,
     ) -> list[list[Completion]]:
         """`params.n` completions per prompt; `seeds[i]` = (call seed, index in the call) of prompt i."""
         rows = [i for i in range(len(prompts)) for _ in range(params.n)]  # row -> prompt
@@ -300,8 +308,8 @@ class LocalBackend(Backend):
 class _Call:
     """One `generate` call waiting to be run, alone or coalesced with alike calls."""
 
-    def __init__(self, prompts: list[list[int]], params: SamplingParams):
-        self.prompts, self.params, self.seed = prompts, params, self.seed_of(params)
+    def __init__(self, prompts: list[list[int]], params: SamplingParams, cancel: Callable[[], bool] | None = None):
+        self.prompts, self.params, self.seed, self.cancel = prompts, params, self.seed_of(params), cancel
         self.key = dataclasses.replace(params, seed=None)  # calls differing only in seed run together
         self.done, self._outcome = False, None
 
@@ -359,13 +367,13 @@ class _TokenQueue(BaseStreamer):
 
 
 class _Cancelled(StoppingCriteria):
-    """Stops every row once `event` is set (a streaming client went away)."""
+    """Stops every row once `cancelled()` says so (the client went away, the server shuts down)."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, cancelled: Callable[[], bool]):
+        self.cancelled = cancelled
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return torch.full((input_ids.shape[0],), bool(self.cancelled()), dtype=torch.bool, device=input_ids.device)
 
 
 _UNSETTLED_END = re.compile(r"[\s\ufffd]+$")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from autothink.format import (
     ANSWER,
@@ -207,6 +207,7 @@ def respond(
     thinking: str = "auto",
     thinking_budget: int | None = None,
     directives: bool = True,
+    cancel: Callable[[], bool] | None = None,
 ) -> list[list[Reply]]:
     """`params.n` replies per conversation, with mode control and an optional thinking budget.
 
@@ -217,6 +218,8 @@ def respond(
             "on" or "off" (forced).
         thinking_budget: most think tokens before `</think><answer>` is forced (None: no limit).
         directives: whether prompt directives force the mode under "auto".
+        cancel: once it returns True, generation stops where it is (backends that `supports_cancel`)
+            and no further stage starts.
 
     Raises:
         ValueError: a bad `thinking` or `thinking_budget`, or a budget for a backend that cannot
@@ -234,7 +237,8 @@ def respond(
         _start(i, conv, thinking, thinking_budget, directives) for i, conv in enumerate(conversations)
         for _ in range(params.n)
     ]
-    while pending := [r for r in rows if not r.done]:
+    stop = {"cancel": cancel} if cancel is not None else {}
+    while (pending := [r for r in rows if not r.done]) and not (cancel and cancel()):
         groups: dict[tuple, list[_Row]] = defaultdict(list)
         for row in pending:
             groups[(row.thinking, _stage_params(params, row, thinking_budget))].append(row)
@@ -244,14 +248,14 @@ def respond(
             if convs:
                 outs = backend.generate([conversations[i] for i in convs],
                                         dataclasses.replace(stage_params, n=params.n),
-                                        thinking=control)
+                                        thinking=control, **stop)
                 by_conv = {i: iter(out) for i, out in zip(convs, outs)}
                 for row in fresh:
                     _advance(row, next(by_conv[row.conv]), params)
             going = [r for r in group if r.generated and r not in fresh]
             if going:
                 outs = backend.generate([conversations[r.conv] for r in going], stage_params, thinking=control,
-                                        prefix=[r.generated for r in going])
+                                        prefix=[r.generated for r in going], **stop)
                 for row, out in zip(going, outs):
                     _advance(row, out[0], params)
     n = params.n

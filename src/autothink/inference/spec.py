@@ -57,3 +57,10 @@ def make_backend(spec: str, **options) -> Backend:
             f"unknown backend spec {spec!r}: use 'local:<model name or dir>' or an http(s):// URL ({err})"
         ) from None
     return LocalBackend.from_pretrained(name, **options)
+
+
+def local_model(spec: str) -> str | None:
+    """The model a spec names when it is a local one (`local:<model>` or a bare name), else None."""
+    if spec.startswith(("http://", "https://", "reference:")):
+        return None
+    return spec[len("local:"):] if spec.startswith("local:") else spec

@@ -145,26 +145,40 @@ def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         return _save_atomically(target, save)
 
 
-def resolve(name_or_path: str | os.PathLike) -> str:
-    """Map an embedded name, a local directory or a hub id to what `from_pretrained` takes.
+def check_model(name_or_path: str | os.PathLike) -> str:
+    """Check that a name is an embedded model, a model directory or a hub id, without loading or
+    converting anything; returns the name.
 
     Raises:
-        ValueError: the name is neither embedded, nor an existing directory, nor a hub id.
+        ValueError: the name is neither embedded, nor a directory with a config.json, nor a hub id.
     """
     name = str(name_or_path)
     if name in EMBEDDED:
-        return str(prepare(name))
+        return name
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ValueError(f"model directory {path} has no config.json (not a Hugging Face model)")
-        return str(path)
+        return name
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ValueError(
             f"unknown model {name!r}: not an embedded model ({', '.join(EMBEDDED)}), "
             "not a model directory and not a hub id of the form 'org/name'"
         )
     return name
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """Map an embedded name (converted once), a local directory or a hub id to what `from_pretrained` takes.
+
+    Raises:
+        ValueError: as `check_model`.
+    """
+    name = check_model(name_or_path)
+    if name in EMBEDDED:
+        return str(prepare(name))
+    path = Path(name).expanduser()
+    return str(path) if path.is_dir() else name
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -9,11 +9,11 @@ from typing import Any, Iterable, Iterator
 
 
 class RecordError(ValueError):
-    """A bad record in a data file; the message names the file, the line and the field."""
+    """A bad record in a data file; the message names the file, the line (0: the whole file) and the field."""
 
     def __init__(self, path: str | os.PathLike, line: int, message: str):
         self.path, self.line = str(path), line
-        super().__init__(f"{path}:{line}: {message}")
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
 
 
 def bad_records_error(path, bad: list[tuple[int, object, str]]) -> RecordError:
@@ -29,10 +29,17 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
 
     Raises:
         FileNotFoundError: no such file.
-        RecordError: a line is not JSON, or not a JSON object.
+        RecordError: the path is a directory, a line is not UTF-8, not JSON, or not a JSON object.
     """
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    if os.path.isdir(path):
+        raise RecordError(path, 0, "is a directory, not a JSONL file")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad = raw[err.start:err.start + 1]
+                raise RecordError(path, number, f"not UTF-8 text (byte {err.start} is {bad!r})") from None
             if not line.strip():
                 continue
             try:
@@ -44,11 +51,21 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, obj
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else the usual 0o022."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
     """Write all records to `path` atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets what open() would give it
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -8,7 +8,8 @@
     GET  /health                200 {"status": "ok"}, 503 {"status": "draining"} while shutting down
 
 Replies come from `autothink.inference.respond` (stop at `</answer>`, forced modes, prompt
-directives, thinking budget). In a choice, `message.reasoning_content` holds the judge and the
+directives, thinking budget). In a choice, `message.reasoning` (and, under the name older vLLM and
+DeepSeek clients read, `message.reasoning_content`) holds the judge and the
 thinking, `message.content` the answer (a reply not in the AutoThink format is all content), as
 do the deltas of a stream (`data: {chunk}` lines, then `data: [DONE]`). Beyond OpenAI's schema
 each choice carries `thinking_mode` (the mode the reply is in: "on", "off" or null), `thinking`
@@ -29,6 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hmac
+import os
 import socket
 import threading
 import time
@@ -46,7 +50,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autothink.format import install_chat_template
-from autothink.inference.backend import Backend
+from autothink.inference.backend import Backend, SamplingParams
 from autothink.inference.respond import ReasoningSplitter, Reply
 from autothink.inference.spec import make_backend
 from autothink.serve.protocol import (
@@ -82,7 +86,8 @@ async def stream_events(job: Job, model: str, requested: str | None, include_usa
 
     def deltas(reasoning: str, content: str) -> Iterator[str]:
         if reasoning or content:
-            yield chunk({k: v for k, v in (("reasoning_content", reasoning), ("content", content)) if v})
+            fields = (("reasoning", reasoning), ("reasoning_content", reasoning), ("content", content))
+            yield chunk({k: v for k, v in fields if v})
 
     splitter = None if job.prefix is not None else ReasoningSplitter()
     try:
@@ -129,8 +134,12 @@ class ServeConfig:
         "help": "alike queued requests run together, at most this many"})
     max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={"help": "default max_tokens of a request"})
     grace_seconds: float = field(default=60.0, metadata={
-        "help": "on Ctrl+C / SIGTERM, how long to let queued and running requests finish"})
+        "help": "on Ctrl+C / SIGTERM, how long to let queued and running requests finish (then they are stopped)"})
     no_directives: bool = field(default=False, metadata={"help": "do not force the mode a prompt asks for"})
+    served_model_name: str | None = field(default=None, metadata={
+        "help": "the model name clients use (default: the model's directory or embedded name)"})
+    api_key: str | None = field(default=None, metadata={
+        "help": "require `Authorization: Bearer <key>` on /v1 requests (default: $AUTOTHINK_API_KEY, else none)"})
 
 
 @dataclass
@@ -143,8 +152,11 @@ class ServerStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def _job_for(body: ChatCompletionRequest, default_max_tokens: int) -> Job:
-    """Validate a request into a job (raises `APIError` 400)."""
+def _job_for(body: ChatCompletionRequest, default_max_tokens: int, backend: Backend) -> Job:
+    """Validate a request into a job (raises `APIError` 400): what it asks must be servable and bounded."""
+    refused = body.refused()
+    if refused:
+        raise APIError(400, f"{refused[1]} is not supported by this server (field {refused[0]!r})", param=refused[0])
     try:
         params = body.sampling_params(default_max_tokens)
         thinking = body.thinking_mode()
@@ -164,14 +176,49 @@ def _job_for(body: ChatCompletionRequest, default_max_tokens: int) -> Job:
             raise APIError(400, "a continued message fixes the mode itself: thinking and thinking_budget do not "
                            "apply", param="thinking")
         conversation, prefix = conversation[:-1], conversation[-1]["content"]
+    params = _within_context(backend, conversation, thinking or "auto", prefix, params, body.asked_max_tokens())
     return Job(conversation, params, thinking or "auto", budget, prefix, bool(body.stream),
                asyncio.get_running_loop())
 
 
+def _within_context(backend: Backend, conversation: list[dict], thinking: str, prefix: str | None,
+                    params: SamplingParams, asked: bool) -> SamplingParams:
+    """`params` with max_tokens fitting the model's context after the prompt (a default is lowered
+    to fit; an explicit request that cannot fit is a 400, as OpenAI's API answers)."""
+    context = backend.context_length
+    if context is None:
+        return params
+    prompt = backend.prompt_tokens(conversation, None if prefix is not None else thinking)
+    if prompt is None:
+        return params
+    prompt += len(prefix) if prefix else 0  # characters bound tokens from above
+    if prompt >= context:
+        raise APIError(400, f"the prompt is {prompt} tokens; this model's context is {context} tokens",
+                       param="messages")
+    room = context - prompt
+    if params.max_tokens > room:
+        if asked:
+            raise APIError(400, f"this model's context is {context} tokens: {prompt} in the messages leave room for "
+                           f"{room} completion tokens, not the {params.max_tokens} asked for", param="max_tokens")
+        params = dataclasses.replace(params, max_tokens=room)
+    return params
+
+
+async def _cancel_when_gone(request: Request, job: Job, every_s: float = 0.2) -> None:
+    while not job.future.done():
+        if await request.is_disconnected():
+            job.cancelled.set()
+            return
+        await asyncio.sleep(every_s)
+
+
 def create_app(backend: Backend, model_name: str | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
                max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH,
-               directives: bool = True) -> FastAPI:
+               directives: bool = True, api_key: str | None = None) -> FastAPI:
     """The FastAPI app serving `backend` as model `model_name` (default: `backend.name`).
+
+    With `api_key`, every `/v1/...` request must carry `Authorization: Bearer <api_key>` (else 401),
+    as vLLM's `--api-key` does.
 
     `app.state.stats` is a `ServerStats`, `app.state.scheduler` the `Scheduler` (its worker runs
     while the app is served).
@@ -185,7 +232,8 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
         try:
             yield
         finally:
-            await run_in_threadpool(scheduler.close, 30)
+            scheduler.cancel_all()  # a drained server has nothing left; otherwise stop what remains now
+            await run_in_threadpool(scheduler.close, 5)
 
     app = FastAPI(title="autothink", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.stats = stats = ServerStats()
@@ -193,6 +241,10 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
 
     @app.middleware("http")
     async def count(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/") and not hmac.compare_digest(
+                request.headers.get("authorization", ""), f"Bearer {api_key}"):
+            return error_response(401, "a valid API key is needed: Authorization: Bearer <key>",
+                                  "authentication_error")
         with stats._lock:
             stats.requests[request.url.path] += 1
             stats.in_flight += 1
@@ -228,11 +280,11 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "autothink"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         if body.model and body.model != name:
             raise APIError(404, f"model {body.model!r} not found; this server serves {name!r}", "not_found_error",
                            "model")
-        job = _job_for(body, default_max_tokens)
+        job = _job_for(body, default_max_tokens, backend)
         requested = body.thinking_mode()
         if job.stream:
             job.events = asyncio.Queue()
@@ -242,10 +294,13 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
                                      headers={"Cache-Control": "no-cache"})
         job.future = job.loop.create_future()
         scheduler.submit(job)
+        watch = asyncio.create_task(_cancel_when_gone(request, job))  # a client that leaves stops its job
         try:
             results = await job.future
         except Exception as err:  # noqa: BLE001 - mapped to the HTTP error
             raise as_api_error(err) from None
+        finally:
+            watch.cancel()
         return completion_response(name, results, requested, job.prefix)
 
     return app
@@ -269,7 +324,8 @@ class DrainingServer(uvicorn.Server):
         self.drainer.start()
 
     def _drain_then_exit(self) -> None:
-        self.scheduler.drain(self.grace_s)
+        if not self.scheduler.drain(self.grace_s):
+            self.scheduler.cancel_all()  # the grace period is over: what still runs stops, its clients get 503
         self.should_exit = True
 
 
@@ -280,7 +336,8 @@ def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000, log_level
     `app_options` go to `create_app` (`max_queue`, `max_batch`, `default_max_tokens`, ...).
     """
     app = create_app(backend, **app_options)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace_s)
+    # The drain has had the grace period already; uvicorn then only closes the (answered) connections.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     DrainingServer(config, app.state.scheduler, grace_s).run()
 
 
@@ -327,4 +384,5 @@ def run_serve(config: ServeConfig) -> None:
     backend = make_backend(config.model, device=config.device, dtype=config.dtype)
     install_chat_template(backend.tokenizer)
     serve(backend, host=config.host, port=config.port, grace_s=config.grace_seconds, max_queue=config.max_queue,
-          max_batch=config.max_batch, default_max_tokens=config.max_tokens, directives=not config.no_directives)
+          max_batch=config.max_batch, default_max_tokens=config.max_tokens, directives=not config.no_directives,
+          model_name=config.served_model_name, api_key=config.api_key or os.environ.get("AUTOTHINK_API_KEY"))

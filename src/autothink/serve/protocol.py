@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,8 +17,33 @@ from autothink.inference.respond import Reply, split_reasoning
 
 DEFAULT_MAX_TOKENS = 512
 MAX_N = 128
-TEMPLATE_KWARGS = ("thinking", "thinking_budget")
+MAX_STOP = 16  # stop strings per request (OpenAI allows 4)
+MAX_STOP_CHARS = 256
+# Accepted in chat_template_kwargs: ours, Qwen3's switch and vLLM's budget name.
+TEMPLATE_KWARGS = ("thinking", "thinking_budget", "enable_thinking", "thinking_token_budget")
+# Request fields of OpenAI's API this server cannot honour: a clear 400, never a silent 200 that ignores them.
+UNSUPPORTED = {
+    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
+    "function_call": "function calling", "response_format": "structured output (response_format)",
+    "logprobs": "log-probabilities", "top_logprobs": "log-probabilities", "logit_bias": "logit_bias",
+    "audio": "audio output", "prediction": "predicted outputs", "web_search_options": "web search",
+}
+StrictInt = Annotated[int, Field(strict=True)]
 
+
+def _thinking(value) -> str | None:
+    """A thinking control as "auto" / "on" / "off": booleans (DeepSeek-V3.1's `thinking: true`) map to on/off."""
+    if value is None or value in ("auto", "on", "off"):
+        return value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    raise ValueError(f"thinking must be 'auto', 'on', 'off' or a boolean, got {value!r}")
+
+
+def _budget(value, name: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 class TextPart(BaseModel):
@@ -37,34 +62,43 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: bool = Field(False, strict=True)
 
 
 class ChatCompletionRequest(BaseModel):
     """The subset of OpenAI's chat completion request that the server implements.
 
-    Unknown fields are ignored (as OpenAI clients send many optional ones); a null value means
-    the default.
+    Unknown fields are ignored (as OpenAI clients send many optional ones) except the features
+    listed in `UNSUPPORTED`, which get a 400; a null value means the default. Numbers and
+    booleans are not coerced: `"8"` or `true` for `max_tokens` is a 400.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    n: int | None = Field(None, ge=1, le=MAX_N)
+    n: StrictInt | None = Field(None, ge=1, le=MAX_N)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    thinking: Literal["auto", "on", "off"] | None = None
-    thinking_budget: int | None = Field(None, ge=1)
+    seed: StrictInt | None = None
+    thinking: Literal["auto", "on", "off"] | bool | None = None
+    thinking_budget: StrictInt | None = Field(None, ge=1)
+    thinking_token_budget: StrictInt | None = Field(None, ge=1)  # vLLM's name
     chat_template_kwargs: dict[str, Any] | None = None
-    stream: bool | None = False
+    stream: bool | None = Field(False, strict=True)
     stream_options: StreamOptions | None = None
-    continue_final_message: bool = False
-    add_generation_prompt: bool = True
+    continue_final_message: bool = Field(False, strict=True)
+    add_generation_prompt: bool = Field(True, strict=True)
+
+    @field_validator("temperature", "top_p", mode="before")
+    @classmethod
+    def _number(cls, value):
+        if isinstance(value, bool) or (value is not None and not isinstance(value, (int, float))):
+            raise ValueError(f"expected a number, got {value!r}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -72,6 +106,8 @@ class ChatCompletionRequest(BaseModel):
         values = [value] if isinstance(value, str) else value or []
         if any(not s for s in values):
             raise ValueError("stop strings must be non-empty")
+        if len(values) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in values):
+            raise ValueError(f"at most {MAX_STOP} stop strings of at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("chat_template_kwargs")
@@ -81,27 +117,45 @@ class ChatCompletionRequest(BaseModel):
             unknown = sorted(set(value) - set(TEMPLATE_KWARGS))
             if unknown:
                 raise ValueError(f"only {list(TEMPLATE_KWARGS)} are supported in chat_template_kwargs, got {unknown}")
-            if value.get("thinking") not in (None, "auto", "on", "off"):
-                raise ValueError(f"thinking must be 'auto', 'on' or 'off', got {value['thinking']!r}")
-            budget = value.get("thinking_budget")
-            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-                raise ValueError(f"thinking_budget must be an integer >= 1, got {budget!r}")
+            _thinking(value.get("thinking"))
+            if value.get("enable_thinking") is not None and not isinstance(value["enable_thinking"], bool):
+                raise ValueError(f"enable_thinking must be a boolean, got {value['enable_thinking']!r}")
+            for name in ("thinking_budget", "thinking_token_budget"):
+                _budget(value.get(name), name)
         return value
+
+    def refused(self) -> tuple[str, str] | None:
+        """(field, feature) of the first request field the server cannot honour, or None."""
+        extra = self.model_extra or {}
+        for name, feature in UNSUPPORTED.items():
+            if extra.get(name) not in (None, False, [], {}):
+                return name, feature
+        for name in ("presence_penalty", "frequency_penalty"):
+            if extra.get(name) not in (None, 0, 0.0):
+                return name, name.replace("_", " ")
+        return None
 
     def conversation(self) -> list[dict]:
         return [m.as_dict() for m in self.messages]
 
-    def _merged(self, name: str):
-        top, inner = getattr(self, name), (self.chat_template_kwargs or {}).get(name)
-        if top is not None and inner is not None and top != inner:
-            raise ValueError(f"{name}={top!r} contradicts chat_template_kwargs.{name}={inner!r}")
-        return top if top is not None else inner
+    def _merged(self, names: tuple[str, ...], normalize) -> object:
+        """The one value the request gives under any of `names` (top level or chat_template_kwargs)."""
+        kwargs = self.chat_template_kwargs or {}
+        given = {}
+        for name in names:
+            for where, value in ((name, getattr(self, name, None)), (f"chat_template_kwargs.{name}", kwargs.get(name))):
+                if value is not None:
+                    given[where] = normalize(value)
+        if len(set(given.values())) > 1:
+            (a, x), (b, y) = list(given.items())[:2]
+            raise ValueError(f"{a}={x!r} contradicts {b}={y!r}")
+        return next(iter(given.values()), None)
 
     def thinking_mode(self) -> str | None:
-        return self._merged("thinking")
+        return self._merged(("thinking", "enable_thinking"), _thinking)
 
     def thinking_budget_tokens(self) -> int | None:
-        return self._merged("thinking_budget")
+        return self._merged(("thinking_budget", "thinking_token_budget"), lambda v: _budget(v, "thinking_budget"))
 
     def sampling_params(self, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -113,6 +167,9 @@ class ChatCompletionRequest(BaseModel):
             stop=stop,
             seed=self.seed,
         )
+
+    def asked_max_tokens(self) -> bool:
+        return (self.max_completion_tokens or self.max_tokens) is not None
 
 
 class APIError(Exception):
@@ -186,7 +243,8 @@ def completion_response(model: str, results: list[Reply] | list[Completion], req
     for i, r in enumerate(results):
         if isinstance(r, Reply):
             reasoning, content = split_reasoning(r.text)
-            message = {"role": "assistant", "content": content, "reasoning_content": reasoning or None}
+            message = {"role": "assistant", "content": content, "reasoning": reasoning or None,
+                       "reasoning_content": reasoning or None}
             extra = reply_fields(r, requested)
             reasoning_total += r.reasoning_tokens
         else:

@@ -79,6 +79,7 @@ class Scheduler:
         self.backend, self.max_queue, self.max_batch, self.directives = backend, max_queue, max_batch, directives
         self.queue: deque[Job] = deque()
         self.running = 0
+        self._running_jobs: list[Job] = []
         self.draining = False
         self.batches = Counter()  # batch size -> count, for observability and tests
         self._seconds_per_job = 1.0
@@ -110,6 +111,14 @@ class Scheduler:
             self.draining = True
             return self._cond.wait_for(lambda: not self.queue and not self.running, timeout)
 
+    def cancel_all(self) -> None:
+        """Stop every queued and running job now (a shutdown past its grace period): generation stops
+        at the next token and each client gets a 503."""
+        with self._cond:
+            jobs = list(self.queue) + list(self._running_jobs)
+        for job in jobs:
+            job.cancelled.set()
+
     def close(self, timeout: float | None = None) -> None:
         """Drain, then stop the worker."""
         self.drain(timeout)
@@ -131,6 +140,7 @@ class Scheduler:
                     self.queue.remove(job)
                     batch.append(job)
             self.running = len(batch)
+            self._running_jobs = batch
             return batch
 
     def _work(self) -> None:
@@ -143,22 +153,33 @@ class Scheduler:
                     self.batches[len(batch)] += 1
                     per_job = (time.monotonic() - start) / len(batch)
                     self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * per_job
-                    self.running = 0
+                    self.running, self._running_jobs = 0, []
                     self._cond.notify_all()
 
     def _run(self, batch: list[Job]) -> None:
+        gone = APIError(503, "the request was cancelled (its client left, or the server shut down)",
+                        "service_unavailable")
+        for job in [j for j in batch if j.cancelled.is_set()]:  # its client left while it waited
+            job.fail(gone)
+        batch = [j for j in batch if not j.cancelled.is_set()]
+        if not batch:
+            return
         first = batch[0]
+
+        def cancelled() -> bool:
+            return all(j.cancelled.is_set() for j in batch)
+
         try:
             if first.stream:
-                if not first.cancelled.is_set():  # its client may have left while it waited
-                    self._stream(first)
+                self._stream(first)
             elif first.prefix is not None:
-                first.resolve(self.backend.generate([first.conversation], first.params, prefix=first.prefix)[0])
+                first.resolve(self.backend.generate([first.conversation], first.params, prefix=first.prefix,
+                                                    cancel=cancelled)[0])
             else:
                 replies = respond(self.backend, [j.conversation for j in batch], first.params, first.thinking,
-                                  first.budget, self.directives)
+                                  first.budget, self.directives, cancel=cancelled)
                 for job, group in zip(batch, replies):
-                    job.resolve(group)
+                    job.fail(gone) if job.cancelled.is_set() else job.resolve(group)
         except Exception as err:  # noqa: BLE001 - each client gets the reason, the worker keeps running
             for job in batch:
                 job.fail(err)
@@ -171,6 +192,7 @@ class Scheduler:
                                    self.directives)
         with contextlib.closing(items):
             for item in items:
-                if job.cancelled.is_set():
+                if job.cancelled.is_set():  # the client left (nobody reads this), or the server shuts down
+                    job.emit(APIError(503, "the server shut down before this reply finished", "service_unavailable"))
                     return
                 job.emit(item)

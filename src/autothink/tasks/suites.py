@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from autothink.config import check_integers
 from autothink.tasks.task import Task, load_tasks, save_tasks
 
 # Per suite: the reasoning-gym dataset and its config for each tier.
@@ -247,6 +248,9 @@ class ExportConfig:
     n: int | None = field(default=None, metadata={"help": "number of tasks (default: all, or 100 for generated)"})
     difficulty: int | None = field(default=None, metadata={"help": "one tier only (1-5)"})
     seed: int = field(default=0, metadata={"help": "seed of generated suites"})
+
+    def __post_init__(self):
+        check_integers(self, n=1, difficulty=1)
 
 
 def run_export(config: ExportConfig) -> None:

@@ -11,10 +11,13 @@ and one way to resume.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 RESUME_HELP = ("auto: the last checkpoint in output_dir if any; last/true: that checkpoint, which must exist; "
                "no/none/false: start afresh; or a checkpoint path")
@@ -42,24 +45,46 @@ class TrainerDefaults:
         super().__post_init__()
 
 
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """The `checkpoint-N` dirs of `output_dir` that were written to the end, by step.
+
+    The HF Trainer writes `trainer_state.json` last, so a checkpoint without it was cut short
+    (the job was killed while saving it) and cannot be resumed from.
+    """
+    if not os.path.isdir(output_dir):
+        return []
+    steps = []
+    for name in os.listdir(output_dir):
+        prefix, _, step = name.partition("-")
+        path = os.path.join(output_dir, name)
+        if prefix == "checkpoint" and step.isdigit() and os.path.isfile(os.path.join(path, "trainer_state.json")):
+            steps.append((int(step), path))
+    return [path for _, path in sorted(steps)]
+
+
 def resume_point(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
     """The checkpoint a run resumes from, or None for a fresh run (see the module docstring).
 
+    `auto` and `last` take the last complete checkpoint: one cut short by a kill is skipped (with a
+    warning) in favour of the one before it.
+
     Raises:
-        ValueError: `last` with no checkpoint in `output_dir`.
+        ValueError: `last` with no complete checkpoint in `output_dir`.
         FileNotFoundError: a path that is not a directory.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     value = "auto" if resume_from_checkpoint is None else str(resume_from_checkpoint).strip()
     word = value.lower()
     if word in ("no", "none", "false"):
         return None
     if word in ("", "auto", "last", "true"):
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if last is None and word in ("last", "true"):
-            raise ValueError(f"resume_from_checkpoint={value}: no checkpoint-* in {output_dir}")
-        return last
+        complete = complete_checkpoints(output_dir)
+        started = [n for n in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                   if n.startswith("checkpoint-") and os.path.join(output_dir, n) not in complete]
+        if started:
+            logger.warning("skipping checkpoints cut short (no trainer_state.json): %s", ", ".join(sorted(started)))
+        if not complete and word in ("last", "true"):
+            raise ValueError(f"resume_from_checkpoint={value}: no complete checkpoint-* in {output_dir}")
+        return complete[-1] if complete else None
     if not os.path.isdir(value):
         raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory {value}")
     return value

@@ -15,6 +15,7 @@ The score is the fraction of tests passed; `passed` means all of them.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import secrets
@@ -28,27 +29,149 @@ _FENCE_RE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)
 _PYTHON_TAGS = {"python", "python3", "py"}
 _MAX_LISTED = 10
 
-# The program runs as module `solution` (so demo code under `if __name__ == "__main__":` does not
-# run or block on stdin); the tests run in its namespace as `__main__`. The program's stdout goes
-# to /dev/null (it is not graded and must not fill the output bound); each outcome is written as
-# "<nonce> <index> <repr(error or None)>" to a private copy of stdout, the moment it is known, so a
-# timeout keeps the outcomes before it. The nonce arrives on stdin, so the program cannot print
-# fake outcomes without digging through the harness's frames.
+# The judged test harness, run as the sandbox's script. It forks before it reads anything:
+#
+# - the child is the program: it runs the model's code as module `solution` (so demo code under
+#   `if __name__ == "__main__":` does not run), with stdin and stdout on /dev/null, sends the judge
+#   a manifest of its top-level names, then answers calls `name(*args, **kwargs)` over a pipe;
+# - the parent is the judge: it reads the nonce and the tests from stdin (after the fork, so the
+#   program never holds them), binds each program name to a proxy that calls across the pipe, runs
+#   the tests, and writes one outcome per test, "<nonce> <index> <json error or null>", to stdout.
+#
+# Only plain data crosses the pipe (None, bool, int, float, complex, str, bytes and lists, tuples,
+# dicts, sets of them, as tagged JSON), so whatever the program does to its own process (patched
+# builtins, objects whose __eq__ always says yes, forged frames) it can only answer a call with a
+# value; the tests compare that value in the judge. The judge is not dumpable (prctl), so the
+# program, same uid in the same sandbox, can neither read its memory nor open its fds in /proc.
 _HARNESS = """\
-def _autothink_tests(program, statements, os=__import__("os"), sys=__import__("sys")):
-    nonce = sys.stdin.readline().strip()
-    out = os.dup(1)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+import builtins, ctypes, json, os, sys
 
-    def report(index, error):
-        os.write(out, ("%s %d %r\\n" % (nonce, index, error)).encode("utf-8", "backslashreplace"))
+TAGS = ("$tuple", "$set", "$frozenset", "$dict", "$float", "$complex", "$bytes")
+MAX_LINE = 1 << 24
 
-    def describe(exc):
-        text, tb = type(exc).__name__, exc.__traceback__
+
+def encode(value, depth=0):
+    if depth > 200:
+        raise ValueError("nested too deeply")
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float:
+        return value if value == value and abs(value) != float("inf") else {"$float": repr(value)}
+    if kind is list:
+        return [encode(v, depth + 1) for v in value]
+    if kind in (tuple, set, frozenset):
+        return {"$" + kind.__name__: [encode(v, depth + 1) for v in value]}
+    if kind is dict:
+        return {"$dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    if kind is complex:
+        return {"$complex": [encode(value.real), encode(value.imag)]}
+    if kind is bytes:
+        return {"$bytes": value.hex()}
+    raise TypeError("a %s is not plain data" % kind.__name__)
+
+
+def decode(data):
+    if data is None or type(data) in (bool, int, float, str):
+        return data
+    if type(data) is list:
+        return [decode(v) for v in data]
+    if type(data) is dict and len(data) == 1:
+        (tag, body), = data.items()
+        if tag == "$float" and body in ("nan", "inf", "-inf"):
+            return float(body)
+        if tag == "$bytes" and type(body) is str:
+            return bytes.fromhex(body)
+        if type(body) is list:
+            if tag == "$tuple":
+                return tuple(decode(v) for v in body)
+            if tag == "$set":
+                return {decode(v) for v in body}
+            if tag == "$frozenset":
+                return frozenset(decode(v) for v in body)
+            if tag == "$complex" and len(body) == 2:
+                return complex(decode(body[0]), decode(body[1]))
+            if tag == "$dict" and all(type(p) is list and len(p) == 2 for p in body):
+                return {decode(k): decode(v) for k, v in body}
+    raise ValueError("not plain data")
+
+
+def describe(exc):
+    text = type(exc).__name__
+    try:
+        text += (": %s" % exc)[:300] if str(exc) else ""
+    except BaseException:
+        pass
+    return text
+
+
+def send(fd, message):
+    data = (json.dumps(message) + "\\n").encode("utf-8", "backslashreplace")
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def receive(stream):
+    line = stream.readline(MAX_LINE)
+    if not line.endswith(b"\\n"):
+        raise EOFError("the program sent nothing (it died, or its answer was too long)")
+    return json.loads(line)
+
+
+def serve(program, calls, answers):
+    solution = type(sys)("solution")
+    sys.modules["solution"] = solution
+    try:
+        exec(compile(program, "<program>", "exec"), solution.__dict__)
+    except BaseException as exc:
+        send(answers, {"error": describe(exc)})
+        return
+    manifest = {}
+    for name, value in list(solution.__dict__.items()):
+        if not name.startswith("__"):
+            try:
+                manifest[name] = "callable" if callable(value) else {"value": encode(value)}
+            except Exception:
+                pass
+    send(answers, {"names": manifest})
+    for line in calls:
+        call = json.loads(line)
         try:
-            text += (": %s" % exc)[:300] if str(exc) else ""
-        except BaseException:
-            pass
+            value = solution.__dict__[call["name"]](*decode(call["args"]), **decode(call["kwargs"]))
+            answer = {"value": encode(value)}
+        except BaseException as exc:
+            answer = {"error": describe(exc), "type": type(exc).__name__}
+        send(answers, answer)
+
+
+class ProgramError(Exception):
+    pass
+
+
+def proxy(name, calls, answers):
+    def call(*args, **kwargs):
+        send(calls, {"name": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
+        answer = receive(answers)
+        if type(answer) is not dict:
+            raise ProgramError("a malformed answer")
+        if "error" in answer:
+            error = str(answer["error"])[:400]
+            kind = getattr(builtins, str(answer.get("type")), None)
+            if isinstance(kind, type) and issubclass(kind, Exception) and kind.__module__ == "builtins":
+                raise kind(error)
+            raise ProgramError(error)
+        return decode(answer.get("value"))
+
+    call.__name__ = name
+    return call
+
+
+def judge(statements, nonce, calls, answers):
+    def report(index, error):
+        os.write(1, ("%s %d %s\\n" % (nonce, index, json.dumps(error))).encode("utf-8", "backslashreplace"))
+
+    def failure(exc):
+        text, tb = describe(exc), exc.__traceback__
         lines = []
         while tb is not None:
             if tb.tb_frame.f_code.co_filename == "<tests>":
@@ -56,19 +179,26 @@ def _autothink_tests(program, statements, os=__import__("os"), sys=__import__("s
             tb = tb.tb_next
         return text + (" (test line %d)" % lines[-1] if lines else "")
 
-    solution = type(sys)("solution")
-    sys.modules["solution"] = solution
     try:
-        exec(compile(program, "<program>", "exec"), solution.__dict__)
+        manifest = receive(answers)
     except BaseException as exc:
         report(-1, describe(exc))
         return
-    solution.__dict__["__name__"] = "__main__"
+    names = manifest.get("names") if type(manifest) is dict else None
+    if type(names) is not dict:
+        report(-1, str(manifest.get("error") if type(manifest) is dict else "a malformed manifest")[:400])
+        return
+    scope = {"__name__": "__main__", "__builtins__": builtins}
+    for name, kind in names.items():
+        try:
+            scope[str(name)] = proxy(str(name), calls, answers) if kind == "callable" else decode(kind["value"])
+        except Exception:
+            pass
     for index, (is_test, line, source) in enumerate(statements):
         try:
-            exec(compile("\\n" * (line - 1) + source, "<tests>", "exec"), solution.__dict__)
+            exec(compile("\\n" * (line - 1) + source, "<tests>", "exec"), scope)
         except BaseException as exc:
-            report(index, describe(exc))
+            report(index, failure(exc))
             if not is_test:
                 return
         else:
@@ -76,9 +206,26 @@ def _autothink_tests(program, statements, os=__import__("os"), sys=__import__("s
                 report(index, None)
 
 
-_autothink_tests({program!r}, {statements!r})
-__import__("sys").stderr.flush()
-__import__("os")._exit(0)
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0, inherited by the program's process
+calls_r, calls_w = os.pipe()
+answers_r, answers_w = os.pipe()
+if os.fork() == 0:
+    os.close(calls_w)
+    os.close(answers_r)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    try:
+        serve(__PROGRAM__, os.fdopen(calls_r, "rb"), answers_w)
+    finally:
+        os._exit(0)
+os.close(calls_r)
+os.close(answers_w)
+request = json.loads(sys.stdin.read())
+judge(request["statements"], request["nonce"], calls_w, os.fdopen(answers_r, "rb"))
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 """
 
 
@@ -142,15 +289,28 @@ def _statements(tests: str) -> list[tuple[bool, int, str]]:
     return statements
 
 
+def _outcomes(stdout: str, nonce: str, count: int) -> dict[int, str | None]:
+    """The judge's outcome per test index (-1: the program itself); anything else on stdout is ignored."""
+    errors: dict[int, str | None] = {}
+    for line in stdout.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) != 3 or parts[0] != nonce:
+            continue
+        try:
+            index, error = int(parts[1]), json.loads(parts[2])
+        except ValueError:
+            continue
+        if -1 <= index < count and (error is None or isinstance(error, str)):
+            errors.setdefault(index, error)
+    return errors
+
+
 def _run_tests(program: str, tests: str, options: dict[str, Any]) -> Verdict:
     statements = _statements(tests)
     nonce = secrets.token_hex(16)
-    result = run_python(_HARNESS.format(program=program, statements=statements), stdin=nonce + "\n", **options)
-    errors: dict[int, str | None] = {}
-    for line in result.stdout.splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[0] == nonce:
-            errors.setdefault(int(parts[1]), ast.literal_eval(parts[2]))
+    request = json.dumps({"nonce": nonce, "statements": statements})
+    result = run_python(_HARNESS.replace("__PROGRAM__", repr(program), 1), stdin=request, **options)
+    errors = _outcomes(result.stdout, nonce, len(statements))
     if -1 in errors:
         stopped = f"the program raised {errors[-1]}"
     else:

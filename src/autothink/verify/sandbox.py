@@ -15,8 +15,12 @@ reach the network, write to the host or take the machine down. Each run is one `
   whole pid namespace, so daemonized children never outlive the run;
 - stdout/stderr read incrementally and bounded: past `output_limit` bytes the run is stopped.
 
-Residual risk: memory outside the address space (SysV shm, memfd, pipe buffers, tmpfs inodes) is
-bounded only by the limits above and the timeout; a cgroup memory limit would close that gap.
+Memory outside the address space (memfd, tmpfs and SysV shm pages) is bounded by a memory cgroup
+per run where the machine lets us make one (cgroup v2 with the memory controller delegated to our
+cgroup's children, or a writable cgroup v1 memory hierarchy): `memory_mb` then caps the run's
+total charged memory, and a run that exceeds it is stopped with `killed_reason="memory_limit"`.
+Elsewhere it is bounded per process by NOFILE × FSIZE (64 files of at most `memory_mb` / 64 MiB),
+so a run holds at most `max_procs` × 2 × `memory_mb`. `memory_bound()` says which applies.
 
 Without a working bwrap, `SandboxUnavailable` is raised unless the caller opts into the weaker
 fallback (`isolation="fallback"` or `AUTOTHINK_SANDBOX=fallback`): `unshare` (user, net, pid
@@ -53,16 +57,29 @@ _TEARDOWN_S = 5.0  # longest wait for the kernel to empty a killed sandbox
 # Runs inside the sandbox as `python -I -S -c _LAUNCHER`: `-S` skips `site` (and with it every
 # .pth hook of the system site-packages; ~2 ms), so the launcher restores `exit`/`quit`, applies
 # the rlimits in-process (no extra exec of prlimit) and runs main.py as the `__main__` script,
-# printing a traceback without its own frame.
+# printing a traceback without its own frame. It forks first: the parent only waits and writes
+# how the program ended ("exit N" or "signal N") to the status fd, so that an `os._exit(137)` is
+# told from a SIGKILL, which bwrap's own exit status cannot do (both are 137). Under bwrap the
+# launcher is the sandbox's pid 1 (`--as-pid-1`), which no process inside can kill.
 _LAUNCHER = """\
-import builtins as _b, resource as _r, sys as _s, _sitebuiltins as _sb
+import builtins as _b, os as _o, resource as _r, sys as _s, _sitebuiltins as _sb
 for _k, _v in {limits!r}:
     _r.setrlimit(_k, (_v, _v))
+_pid = _o.fork()
+if _pid:
+    for _fd in (0, 1, 2):
+        _o.close(_fd)
+    _st = _o.waitpid(_pid, 0)[1]
+    _sig = _o.WIFSIGNALED(_st)
+    _code = _o.WTERMSIG(_st) if _sig else _o.WEXITSTATUS(_st)
+    _o.write({status_fd}, b"%s %d" % (b"signal" if _sig else b"exit", _code))
+    _o._exit(128 + _code if _sig else _code)
+_o.close({status_fd})
 _b.exit, _b.quit = _sb.Quitter("exit", "Ctrl-D (i.e. EOF)"), _sb.Quitter("quit", "Ctrl-D (i.e. EOF)")
 _s.argv, __file__ = ["main.py"], "main.py"
 with open("main.py", "rb") as _f:
     _c = compile(_f.read(), "main.py", "exec")
-del _b, _r, _sb, _k, _v, _f
+del _b, _r, _sb, _k, _v, _f, _o, _pid
 try:
     exec(_c)
 except BaseException as _e:
@@ -83,9 +100,11 @@ class RunResult:
     """What one sandboxed run did.
 
     `returncode` follows the shell convention: 128+N when the program died by signal N (e.g. 137
-    after SIGKILL, 152 after SIGXCPU). `killed_reason` says why the run was stopped: "timeout"
-    (wall clock), "output_limit" (a stream exceeded `output_limit` bytes), "SIGXCPU" etc. for a
-    death by signal, or None for a normal exit.
+    after SIGKILL, 152 after SIGXCPU), else its exit status (an `os._exit(137)` is 137 with no
+    `killed_reason`). `killed_reason` says why the run was stopped: "timeout" (wall clock),
+    "output_limit" (a stream exceeded `output_limit` bytes), "memory_limit" (the run's memory
+    cgroup ran out), "SIGXCPU" etc. for a death by
+    signal, or None for a normal exit.
     """
 
     returncode: int
@@ -127,9 +146,10 @@ def _extra_binds(python: str) -> list[str]:
     return ["--ro-bind", prefix, prefix]
 
 
-def _bwrap_argv(bwrap: str, python: str, code_fd: int, info_fd: int, tmpfs_bytes: int,
+def _bwrap_argv(bwrap: str, python: str, code_fd: int, info_fd: int, block_fd: int | None, tmpfs_bytes: int,
                 env: Mapping[str, str]) -> list[str]:
-    argv = [bwrap, "--info-fd", str(info_fd), "--unshare-all", "--unshare-user", "--disable-userns",
+    argv = [bwrap, "--info-fd", str(info_fd), *(["--block-fd", str(block_fd)] if block_fd is not None else []),
+            "--unshare-all", "--as-pid-1", "--unshare-user", "--disable-userns",
             "--die-with-parent", "--new-session", "--clearenv", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for d in SYSTEM_DIRS[1:]:
@@ -194,6 +214,100 @@ def _check_bwrap(bwrap: str, python: str) -> None:
     if probe.returncode != 0:
         raise SandboxUnavailable(f"bwrap could not start a sandbox (exit {probe.returncode}; bubblewrap >= 0.8 and "
                                  f"unprivileged user namespaces are required): {probe.stderr.strip()[:500]}")
+
+
+class _MemoryCgroup:
+    """Where per-run memory cgroups are made: a cgroup v2 directory whose children get the memory
+    controller, or a cgroup v1 memory directory; each run gets a child with its own limit."""
+
+    def __init__(self, directory: str, version: int):
+        self.directory, self.version = directory, version
+        self.limit_file = "memory.max" if version == 2 else "memory.limit_in_bytes"
+        self._count = 0
+
+    def describe(self) -> str:
+        return f"cgroup v{self.version} {self.limit_file} per run (under {self.directory})"
+
+    def create(self, limit_bytes: int) -> str:
+        self._count += 1
+        path = os.path.join(self.directory, f"autothink-{os.getpid()}-{self._count}-{time.monotonic_ns()}")
+        os.mkdir(path)
+        try:
+            with open(os.path.join(path, self.limit_file), "w") as f:
+                f.write(str(limit_bytes))
+            swap = os.path.join(path, "memory.swap.max" if self.version == 2 else "memory.memsw.limit_in_bytes")
+            if os.path.exists(swap):  # no swapping out of the limit
+                with open(swap, "w") as f:
+                    f.write("0" if self.version == 2 else str(limit_bytes))
+        except OSError:
+            os.rmdir(path)
+            raise
+        return path
+
+    def oom_killed(self, path: str) -> bool:
+        """Whether the kernel killed a process of the run for memory."""
+        try:
+            if self.version == 2:
+                with open(os.path.join(path, "memory.events")) as f:
+                    return any(line.split()[0] == "oom_kill" and int(line.split()[1]) > 0 for line in f)
+            with open(os.path.join(path, "memory.oom_control")) as f:
+                return any(line.split()[0] == "oom_kill" and int(line.split()[1]) > 0 for line in f)
+        except (OSError, ValueError, IndexError):
+            return False
+
+    @staticmethod
+    def remove(path: str) -> None:
+        for _ in range(50):  # the kernel releases an emptied cgroup within milliseconds
+            try:
+                os.rmdir(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.01)
+        log.warning("sandbox: could not remove memory cgroup %s", path)
+
+
+@functools.lru_cache(maxsize=None)
+def _memory_cgroup() -> _MemoryCgroup | None:
+    """The per-run memory cgroup maker of this machine, or None (then NOFILE × FSIZE bounds memory)."""
+    if os.environ.get("AUTOTHINK_SANDBOX_CGROUP", "auto") == "off":
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return None
+    for _, controllers, path in lines:
+        for m in mounts:
+            fstype, root, point = m[m.index("-") + 1], m[3], m[4]
+            if controllers == "" and fstype == "cgroup2":
+                directory = os.path.join(point, os.path.relpath(path, root).lstrip("."))
+                try:
+                    with open(os.path.join(directory, "cgroup.subtree_control")) as f:
+                        delegated = "memory" in f.read().split()
+                except OSError:
+                    delegated = False
+            elif "memory" in controllers.split(",") and fstype == "cgroup" and "memory" in m[-1].split(","):
+                directory, delegated = os.path.join(point, os.path.relpath(path, root).lstrip(".")), True
+            else:
+                continue
+            group = _MemoryCgroup(os.path.normpath(directory), 2 if fstype == "cgroup2" else 1)
+            try:
+                if delegated:
+                    group.remove(group.create(64 << 20))
+                    return group
+            except OSError:
+                pass
+    return None
+
+
+def memory_bound() -> str:
+    """What bounds a run's memory outside its address space here (see the module docstring)."""
+    group = _memory_cgroup()
+    return group.describe() if group else "rlimits: NOFILE 64 x FSIZE memory_mb/64 per process (no memory cgroup)"
 
 
 def _resolve_bwrap(bwrap: str | None) -> str:
@@ -272,18 +386,23 @@ def run_many(programs: Sequence[str | tuple[str, str]], workers: int | None = No
 def _run(code: str, stdin: str, *, timeout_s: float, memory_mb: int, output_limit: int, max_procs: int,
          file_size_mb: int, tmpfs_mb: int, env: Mapping[str, str] | None, python: str, bwrap: str | None) -> RunResult:
     """Spawn one sandboxed (bwrap set) or fallback (bwrap None) run and supervise it."""
+    group = _memory_cgroup() if bwrap else None
+    # Without a memory cgroup, memfd and tmpfs pages are bounded per process by NOFILE × FSIZE ≈ memory_mb.
+    nofile, file_mb = (256, file_size_mb) if group else (64, max(1, min(file_size_mb, memory_mb // 64)))
     limits = [
         (resource.RLIMIT_CPU, math.ceil(timeout_s) + 1),
         (resource.RLIMIT_AS, memory_mb << 20),
         (resource.RLIMIT_NPROC, max_procs),
-        (resource.RLIMIT_FSIZE, file_size_mb << 20),
-        (resource.RLIMIT_NOFILE, 256),
+        (resource.RLIMIT_FSIZE, file_mb << 20),
+        (resource.RLIMIT_NOFILE, nofile),
         (resource.RLIMIT_CORE, 0),
     ]
-    launch = [python, "-I", "-S", "-c", _LAUNCHER.format(limits=limits)]
     source = code.encode("utf-8", "surrogateescape")
     start = time.monotonic()
-    workdir, init, child_fds, own_fds = None, None, [], []  # fds for bwrap / fds we read
+    workdir, init, info_r, block_w, cgroup = None, None, None, None, None
+    status_r, status_w = os.pipe()
+    child_fds, own_fds = [status_w], [status_r]  # fds for bwrap or the launcher / fds we read
+    launch = [python, "-I", "-S", "-c", _LAUNCHER.format(limits=limits, status_fd=status_w)]
     try:
         if bwrap:  # bwrap copies the program from a memfd into the sandbox's /tmp
             code_fd = os.memfd_create("main.py")
@@ -293,7 +412,13 @@ def _run(code: str, stdin: str, *, timeout_s: float, memory_mb: int, output_limi
             info_r, info_w = os.pipe()
             own_fds.append(info_r)
             child_fds.append(info_w)
-            argv = _bwrap_argv(bwrap, python, code_fd, info_w, tmpfs_mb << 20, _env(env)) + launch
+            block_r = None
+            if group:  # the program waits on this fd until the run is in its memory cgroup
+                cgroup = group.create(memory_mb << 20)
+                block_r, block_w = os.pipe()
+                own_fds.append(block_w)
+                child_fds.append(block_r)
+            argv = _bwrap_argv(bwrap, python, code_fd, info_w, block_r, tmpfs_mb << 20, _env(env)) + launch
             cwd, popen_env = "/", {}
         else:
             workdir = tempfile.mkdtemp(prefix="autothink-run-")
@@ -309,22 +434,36 @@ def _run(code: str, stdin: str, *, timeout_s: float, memory_mb: int, output_limi
         while child_fds:
             os.close(child_fds.pop())
         try:
-            init = _open_init(own_fds[0], start + timeout_s) if bwrap else None
+            pid, init = _open_init(info_r, start + timeout_s) if bwrap else (None, None)
+            if cgroup and pid is not None:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+                os.write(block_w, b"x")
             reason, out, err, truncated = _supervise(proc, stdin.encode("utf-8", "surrogateescape"),
                                                      start + timeout_s, output_limit)
         finally:
             _kill(proc, init)
+        ended = _read_status(status_r)
+        if cgroup and group.oom_killed(cgroup) and reason is None:
+            reason = "memory_limit"
     finally:
         for fd in child_fds + own_fds:
             os.close(fd)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    rc = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    if reason is None and rc > 128:
+        if cgroup:
+            group.remove(cgroup)
+    if ended is not None:  # the launcher saw how the program ended
+        how, number = ended
+        rc = 128 + number if how == "signal" else number
+    else:  # it did not get to say (stopped at the deadline, or bwrap failed): bwrap's status
+        rc = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        how, number = ("signal", rc - 128) if rc > 128 else ("exit", rc)
+    if reason is None and how == "signal":
         try:
-            reason = signal.Signals(rc - 128).name
-        except ValueError:  # an exit status above 128 that no signal explains
-            pass
+            reason = signal.Signals(number).name
+        except ValueError:
+            reason = f"signal {number}"
     return RunResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                      reason == "timeout", truncated, reason, time.monotonic() - start)
 
@@ -386,8 +525,20 @@ def _supervise(proc: subprocess.Popen, stdin: bytes, deadline: float, limit: int
     return reason, bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), truncated
 
 
-def _open_init(info_fd: int, deadline: float) -> int | None:
-    """A pidfd of the sandbox's pid 1 (host pid from bwrap's `--info-fd` report), or None.
+def _read_status(fd: int) -> tuple[str, int] | None:
+    """("exit" | "signal", number) as the launcher wrote it, or None (nothing, or not in the format)."""
+    os.set_blocking(fd, False)
+    try:
+        words = os.read(fd, 64).split()
+    except BlockingIOError:
+        return None
+    if len(words) == 2 and words[0] in (b"exit", b"signal") and words[1].isdigit() and int(words[1]) < 256:
+        return words[0].decode(), int(words[1])
+    return None
+
+
+def _open_init(info_fd: int, deadline: float) -> tuple[int | None, int | None]:
+    """(host pid, pidfd) of the sandbox's pid 1 (from bwrap's `--info-fd` report), or Nones.
 
     When pid 1 is gone, the kernel has killed and reaped every process of the pid namespace, so
     waiting on it tells when nothing of the run is left.
@@ -399,9 +550,10 @@ def _open_init(info_fd: int, deadline: float) -> int | None:
             break
         data += chunk
     try:
-        return os.pidfd_open(json.loads(data)["child-pid"])
-    except (ValueError, KeyError, OSError):  # bwrap failed before starting, or pid 1 already exited
-        return None
+        pid = json.loads(data)["child-pid"]
+        return pid, os.pidfd_open(pid)
+    except (ValueError, KeyError, TypeError, OSError):  # bwrap failed before starting, or pid 1 already exited
+        return None, None
 
 
 def _kill(proc: subprocess.Popen, init: int | None) -> None:
