@@ -70,19 +70,19 @@ JOBS: dict[str, Job] = {
 
 
 def check_integers(config, **minimums: int) -> None:
-    """Each named field of `config` must be an integer >= its minimum (None only where `None` is the default).
+    """Each named field of `config` must be an integer >= its minimum (or None where its type allows None).
 
     Raises:
         ValueError: naming the config class, the field and the value.
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config))
     for name, low in minimums.items():
-        value = getattr(config, name)
-        if value is None and defaults.get(name) is None:
+        value, optional = getattr(config, name), type(None) in typing.get_args(hints[name])
+        if value is None and optional:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            optional = " or None" if defaults.get(name) is None else ""
-            raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {low}{optional}, got {value!r}")
+            raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {low}"
+                             f"{' or None' if optional else ''}, got {value!r}")
 
 
 def check_options(data, cls: type, source: str) -> dict:
