@@ -17,6 +17,7 @@ from autothink.format import (
     render,
 )
 from autothink.models import tiny_model
+from autothink.models.card import add_eval_table
 from autothink.records.jsonl import write_jsonl
 from autothink.records.sft import read_sft_data
 from autothink.training.sft import (
@@ -212,6 +213,20 @@ def test_tiny_run_learns_and_saves_a_checkpoint_with_the_thinking_template(finis
     assert model.get_input_embeddings().weight.shape[0] == len(tok) == len(tokenizer) + len(SPECIAL_TOKENS)
     before = AutoModelForCausalLM.from_pretrained(tiny_dir)
     assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, before.model.layers[0].mlp.down_proj.weight)
+
+
+def test_the_model_card_explains_the_model_and_takes_the_eval_table(finished, tiny_dir):
+    card = (finished / "README.md").read_text()
+    assert "fine-tuned version of [None]" not in card and "<judge>" in card and 'thinking="auto"' in card
+    assert f"`{tiny_dir}`" in card and "| steps | 4 |" in card
+    m = {"n": 2, "accuracy": 0.5, "think_on_rate": 1.0, "format_rate": 1.0, "think_tokens": 3.0, "total_tokens": 9.0}
+    metrics = {"suites": {"arithmetic:1": {"auto": m}}, "all": {"auto": m}}
+    add_eval_table(finished, metrics)
+    add_eval_table(finished, metrics)  # a second eval replaces the table
+    card = (finished / "README.md").read_text()
+    row = "| arithmetic:1 | auto | 2 | 0.500 | 1.000 | 1.000 | 3.0 | 9.0 |"
+    assert card.count("## Evaluation") == 1 and row in card
+    assert add_eval_table(tiny_dir, metrics) is None  # a model autothink did not train keeps its card
 
 
 class _Killed(Exception):

@@ -30,6 +30,7 @@ from autothink.format import (
 )
 from autothink.inference.backend import Backend, BackendError, SamplingParams
 from autothink.inference.spec import make_backend
+from autothink.models.card import add_eval_table
 from autothink.records.jsonl import load_done, write_jsonl
 from autothink.tasks import SUITES, Task, load_suite, parse_suite
 from autothink.verify import verify_many
@@ -313,6 +314,8 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
     metrics = {"model": backend.name, "samples": len(records), "think_budget": config.think_budget,
                **summarize(records, list(suites), config.modes, config.think_budget)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if Path(config.model).is_dir():
+        add_eval_table(config.model, metrics)  # into its model card, when autothink trained it
     plots = write_plots(metrics, out)
     write_report(metrics, asdict(config), plots, out / "report.html")
     print(format_table(metrics))

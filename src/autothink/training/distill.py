@@ -48,6 +48,7 @@ from autothink.algorithms.uld import (
 )
 from autothink.format import install_chat_template
 from autothink.models import load_model, load_student, resolve
+from autothink.models.card import write_model_card
 from autothink.models.mtp import (
     HEADS_FILE,
     MTPConfig,
@@ -444,6 +445,12 @@ def run_distill(config: DistillConfig, callbacks: list | None = None) -> dict:
                "skipped": len(trainer.train_dataset.skipped), "output_dir": config.output_dir}
     if trainer.args.should_save:
         Path(config.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        teachers = {r: t for r, t in config.teachers().items() if t}
+        write_model_card(config.output_dir, config.student, "distill", {
+            "stage": "stage-1 distillation (ULD + MTP heads)", "data": config.data, "samples": metrics["samples"],
+            "teachers": ", ".join(f"think-{r}: {t}" for r, t in teachers.items()) or config.teacher_logprobs,
+            "MTP heads": config.mtp_heads, "steps": trainer.state.global_step,
+            "learning rate": config.learning_rate})
     return metrics
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import trl
 
 from autothink.models import load_student
+from autothink.models.card import write_model_card
 from autothink.records.sft import read_sft_data
 from autothink.training.args import TrainerDefaults, resume_point
 
@@ -174,5 +175,11 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
         "last_loss": losses[-1] if losses else None, "metrics": metrics, "config": json.loads(config.to_json_string()),
     }
     (out / "sft.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        write_model_card(out, config.model, "sft", {
+            "stage": "cold-start SFT (response-only loss)", "data": config.data, "samples": stats["records"],
+            "modes": ", ".join(f"{k}: {v}" for k, v in stats["modes"].items()), "steps": trainer.state.global_step,
+            "loss, first -> last": f"{summary['first_loss']} -> {summary['last_loss']}",
+            "learning rate": config.learning_rate})
     print(f"sft: {trainer.state.global_step} steps, loss {summary['first_loss']} -> {summary['last_loss']} -> {out}")
     return str(out)

@@ -85,6 +85,7 @@ from autothink.format import (
     parse,
 )
 from autothink.models import load_student
+from autothink.models.card import write_model_card
 from autothink.records.rl_prompts import read_rl_prompts
 from autothink.training.args import TrainerDefaults, resume_point
 from autothink.training.rl_metrics import (
@@ -421,6 +422,12 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
         "metrics": dict(result.metrics), "config": json.loads(config.to_json_string()),
     }
     (out / "rl.json").write_text(json.dumps(summary, indent=2) + "\n")
+    last = history[-1] if history else {}
+    write_model_card(out, config.model, "rl", {
+        "stage": "Step-SRPO (TRL GRPOTrainer)", "data": config.data, "prompts": len(rows),
+        "steps": trainer.state.global_step, "group size G": args.num_generations,
+        "forced fraction ρ": args.forced_fraction, "learning rate": config.learning_rate,
+        "last think-on rate": last.get("think_on_rate"), "last accuracy": last.get("accuracy")})
     print(f"rl: {trainer.state.global_step} steps; think-on rate "
           f"{(history[-1].get('think_on_rate') if history else None)}, accuracy "
           f"{(history[-1].get('accuracy') if history else None)} -> {out}")
