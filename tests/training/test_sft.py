@@ -320,3 +320,26 @@ def test_cli_reports_a_bad_record(tmp_path, capsys):
     path.write_text(GOOD + "\n" + json.dumps(BAD[0][0]) + "\n")
     assert main(["sft", "--data", str(path), "--output_dir", str(tmp_path / "out")]) == 2
     assert f"{path}:2: record 'q1'" in capsys.readouterr().err
+
+
+def test_lora_trains_adapters_and_the_new_token_rows_and_saves_a_plain_merged_model(tiny_dir, data_file, tmp_path):
+    out = tmp_path / "lora"
+    run_sft(_run_config(tiny_dir, data_file, out, use_peft=True, lora_r=4, lora_alpha=8, save_strategy="no"))
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out)  # a plain checkpoint, as without LoRA
+    start = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    start_tok = AutoTokenizer.from_pretrained(tiny_dir)
+    add_autothink_tokens(start_tok, start)  # what training started from
+    new = start_tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    old = [i for i in range(len(start_tok)) if i not in set(new)]
+    emb, start_emb = merged.get_input_embeddings().weight, start.get_input_embeddings().weight
+    assert torch.equal(emb[old], start_emb[old])  # the old vocabulary's rows are untouched
+    assert not torch.equal(emb[new], start_emb[new])  # the AutoThink tokens' rows were trained
+    down, start_down = merged.model.layers[0].mlp.down_proj.weight, start.model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(down, start_down)  # the adapters were trained and merged in
+
+
+def test_report_to_tensorboard_works_after_the_setup(tiny_dir, data_file, tmp_path):
+    out = tmp_path / "tb"
+    run_sft(_run_config(tiny_dir, data_file, out, report_to=["tensorboard"], max_steps=1, save_strategy="no"))
+    assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"

@@ -349,3 +349,16 @@ def test_two_gloo_processes_train_one_model(finished, policy_dir, prompts_file, 
     before = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_lora_runs_step_srpo_and_saves_a_plain_merged_model(policy_dir, prompts_file, tmp_path):
+    out = tmp_path / "lora"
+    run_rl(_run_config(policy_dir, prompts_file, out, use_peft=True, lora_r=4, lora_alpha=8, max_steps=2,
+                       stage1_steps=0, save_strategy="no"))
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(merged[name], start[name])  # LoRA trained and merged in
+    assert len((out / "rl_metrics.jsonl").read_text().splitlines()) == 2

@@ -1,5 +1,5 @@
-"""What the three trainers (`distill`, `sft`, `rl`) share: their defaults over `TrainingArguments`
-and one way to resume.
+"""What the trainers (`distill`, `sft`, `rl`) share: their defaults over `TrainingArguments`, one way
+to resume, and (for `sft` and `rl`) LoRA.
 
 `resume_from_checkpoint` takes one vocabulary in every trainer:
 
@@ -43,6 +43,60 @@ class TrainerDefaults:
             self.bf16 = (not self.fp16 and not self.use_cpu and torch.cuda.is_available()
                          and torch.cuda.is_bf16_supported())
         super().__post_init__()
+
+
+@dataclass
+class LoraOptions:
+    """LoRA through TRL's `peft_config` (`--use_peft`), for `sft` and `rl`.
+
+    The adapters cover every linear layer (or `lora_target_modules`); the AutoThink tokens' rows
+    of the input embeddings and the output head train too, since those tokens are new. The output
+    dir gets the merged model (a plain checkpoint, as without LoRA) and the adapter in `adapter/`.
+    """
+
+    use_peft: bool = field(default=False, metadata={"help": "train LoRA adapters instead of every weight"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA inputs"})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "module names that get adapters (default: all linear layers)"})
+
+    def peft_config(self, model, tokenizer):
+        """The `peft.LoraConfig` of these options for `model`, or None without `use_peft`.
+
+        The new tokens' input rows train as PEFT trainable tokens and the output head as a module
+        to save (TRL computes the loss from the head's weight directly, so the head must be a
+        module of its own): a tied head is untied here first, and the merged checkpoint keeps it untied.
+        """
+        if not self.use_peft:
+            return None
+        import torch
+        from peft import LoraConfig
+
+        from autothink.format import SPECIAL_TOKENS
+
+        if getattr(model.config, "tie_word_embeddings", False):
+            head = model.get_output_embeddings()
+            head.weight = torch.nn.Parameter(head.weight.detach().clone())
+            model.config.tie_word_embeddings = False
+        new_rows = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules or "all-linear", task_type="CAUSAL_LM",
+                          trainable_token_indices={"embed_tokens": new_rows}, modules_to_save=["lm_head"])
+
+
+def save_trained(trainer, tokenizer, output_dir: str) -> None:
+    """Save the trained model: as is, or (LoRA) merged into a plain checkpoint with the adapter in `adapter/`."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "merge_and_unload"):
+        trainer.save_model(output_dir)
+        return
+    if trainer.is_world_process_zero():
+        model.save_pretrained(os.path.join(output_dir, "adapter"))
+        merged = model.merge_and_unload()
+        merged.config.use_cache = True
+        merged.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
 
 
 def complete_checkpoints(output_dir: str) -> list[str]:

@@ -38,7 +38,7 @@ import trl
 from autothink.models import load_student
 from autothink.models.card import write_model_card
 from autothink.records.sft import read_sft_data
-from autothink.training.args import TrainerDefaults, resume_point
+from autothink.training.args import LoraOptions, TrainerDefaults, resume_point, save_trained
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ PACKING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "fl
 
 
 @dataclass
-class SFTConfig(TrainerDefaults, trl.SFTConfig):
+class SFTConfig(TrainerDefaults, LoraOptions, trl.SFTConfig):
     """`autothink sft`: TRL's `SFTConfig` (so every `TrainingArguments` flag) plus the model and data.
 
     Defaults differ from TRL's where a 2-core CPU run needs it (`TrainerDefaults`: fp32 unless a
@@ -129,6 +129,7 @@ def build_trainer(config: SFTConfig, model, tokenizer, examples: list[dict], eva
     return trl.SFTTrainer(
         model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(examples),
         eval_dataset=to_dataset(eval_examples) if eval_examples else None, callbacks=callbacks,
+        peft_config=config.peft_config(model, tokenizer),
     )
 
 
@@ -163,7 +164,7 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
     if eval_examples:
         metrics.update(trainer.evaluate())
     model.config.use_cache = True  # the trainer turns the KV cache off for training; generation needs it back
-    trainer.save_model(config.output_dir)  # model + tokenizer (with the thinking chat template)
+    save_trained(trainer, tokenizer, config.output_dir)  # model + tokenizer (with the thinking chat template)
     trainer.save_state()
     trainer.save_metrics("train", metrics)
     out = Path(config.output_dir)

@@ -87,7 +87,7 @@ from autothink.format import (
 from autothink.models import load_student
 from autothink.models.card import write_model_card
 from autothink.records.rl_prompts import read_rl_prompts
-from autothink.training.args import TrainerDefaults, resume_point
+from autothink.training.args import LoraOptions, TrainerDefaults, resume_point, save_trained
 from autothink.training.rl_metrics import (
     METRICS_FILE,
     drop_rows_from,
@@ -104,7 +104,7 @@ LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo", "cispo", "sapo")  # token-level
 
 
 @dataclass
-class RLConfig(TrainerDefaults, trl.GRPOConfig):
+class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
     """`autothink rl`: TRL's `GRPOConfig` (every TrainingArguments/GRPO flag) plus Step-SRPO's own.
 
     δ is `mode_delta`, not `delta`: `GRPOConfig.delta` is TRL's two-sided clipping bound.
@@ -397,7 +397,7 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
     args = copy.copy(config)
     args.model_init_kwargs = None  # the policy is loaded already
     trainer = StepSRPOTrainer(model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer,
-                              callbacks=callbacks)
+                              callbacks=callbacks, peft_config=config.peft_config(model, tokenizer))
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if resume is None and trainer.is_world_process_zero():
@@ -407,7 +407,7 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
           f"{args.max_steps} steps ({args.stage1_steps} in stage 1) -> {out}"
           + (f"; resuming from {resume}" if resume else ""))
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out))
+    save_trained(trainer, tokenizer, str(out))
     trainer.save_state()
     trainer.save_metrics("train", result.metrics)
     if not trainer.is_world_process_zero():  # under torchrun / accelerate launch, one process writes the summary
