@@ -92,6 +92,10 @@ def test_accelerate_configs_are_valid():
     kinds = {p.name: ClusterConfig.from_yaml_file(p).distributed_type for p in (RECIPES / "accelerate").glob("*.yaml")}
     assert {k: v.value for k, v in kinds.items()} == {
         "multi_gpu.yaml": "MULTI_GPU", "fsdp2.yaml": "FSDP", "deepspeed_zero2.yaml": "DEEPSPEED"}
+    # With SHARDED_STATE_DICT, transformers' save_model writes no final weights (FSDP itself needs GPUs:
+    # accelerate runs a `use_cpu` launch of this config as DDP, so CI cannot exercise the save).
+    fsdp = ClusterConfig.from_yaml_file(RECIPES / "accelerate" / "fsdp2.yaml").fsdp_config
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
 
 def test_every_stage_uses_and_checks_the_model_it_is_given(tmp_path):
