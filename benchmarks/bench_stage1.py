@@ -9,7 +9,7 @@ Data: stage-1 rows built from reasoning-gym (no teacher generation involved): ha
 `arithmetic` items as think-off (`<think_off><answer>{gold}</answer>`), half `gsm_symbolic`
 items as think-on with the dataset's own short solution as the reasoning
 (`<think_on><think>{answer_cot}</think><answer>{gold}</answer>`), alternating, so every batch
-holds both regimes. Everything goes through `autothink.distill.build_trainer` and
+holds both regimes. Everything goes through `autothink.training.distill.build_trainer` and
 `DistillTrainer.training_step` (the HF Trainer's own step: `compute_loss` + backward), then
 gradient clipping, AdamW and the LR schedule as the Trainer's loop does them.
 
@@ -52,7 +52,10 @@ from pathlib import Path
 import torch
 
 from autothink.algorithms.uld import IGNORE_INDEX, mtp_distill_loss, sorted_probs
-from autothink.distill import (
+from autothink.format import THINK_OFF, THINK_ON
+from autothink.models import resolve
+from autothink.tasks import load_suite
+from autothink.training.distill import (
     DistillCollator,
     DistillConfig,
     build_dataset,
@@ -61,9 +64,6 @@ from autothink.distill import (
     precompute_teacher,
     teacher_logits,
 )
-from autothink.format import THINK_OFF, THINK_ON
-from autothink.models import resolve
-from autothink.tasks import load_suite
 from autothink.verify import verify
 
 STUDENT, TEACHER = "smollm2-135m-instruct", "gemma-3-270m"

@@ -79,3 +79,10 @@ def test_the_algorithm_core_imports_no_framework():
     code = ("import sys, autothink.algorithms; "
             "bad = [m for m in ('trl', 'transformers', 'accelerate') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_benchmark_script_still_imports():
+    bench = Path(__file__).parents[1] / "benchmarks"
+    for script in sorted(bench.glob("bench_*.py")):
+        run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"{script.name}: {run.stderr[-800:]}"
