@@ -44,7 +44,7 @@ _MAX_LISTED = 10
 # value; the tests compare that value in the judge. The judge is not dumpable (prctl), so the
 # program, same uid in the same sandbox, can neither read its memory nor open its fds in /proc.
 _HARNESS = """\
-import builtins, ctypes, json, os, sys
+import _ctypes, builtins, json, os, sys
 
 TAGS = ("$tuple", "$set", "$frozenset", "$dict", "$float", "$complex", "$bytes")
 MAX_LINE = 1 << 24
@@ -206,7 +206,7 @@ def judge(statements, nonce, calls, answers):
                 report(index, None)
 
 
-ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0, inherited by the program's process
+_ctypes.call_function(_ctypes.dlsym(_ctypes.dlopen(None), "prctl"), (4, 0, 0, 0, 0))  # PR_SET_DUMPABLE 0
 calls_r, calls_w = os.pipe()
 answers_r, answers_w = os.pipe()
 if os.fork() == 0:

@@ -17,8 +17,9 @@ reach the network, write to the host or take the machine down. Each run is one `
 
 Memory outside the address space (memfd, tmpfs and SysV shm pages) is bounded by a memory cgroup
 per run where the machine lets us make one (cgroup v2 with the memory controller delegated to our
-cgroup's children, or a writable cgroup v1 memory hierarchy): `memory_mb` then caps the run's
-total charged memory, and a run that exceeds it is stopped with `killed_reason="memory_limit"`.
+cgroup's children; a writable cgroup v1 memory hierarchy with `AUTOTHINK_SANDBOX_CGROUP=on`, since
+moving a run into a v1 cgroup costs ~9 ms): `memory_mb` then caps the run's total charged memory,
+and a run that exceeds it is stopped with `killed_reason="memory_limit"`.
 Elsewhere it is bounded per process by NOFILE × FSIZE (64 files of at most `memory_mb` / 64 MiB),
 so a run holds at most `max_procs` × 2 × `memory_mb`. `memory_bound()` says which applies.
 
@@ -28,6 +29,7 @@ namespaces where permitted) + the same rlimits in a temp dir, with a loud warnin
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
@@ -41,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +227,9 @@ class _MemoryCgroup:
         self.directory, self.version = directory, version
         self.limit_file = "memory.max" if version == 2 else "memory.limit_in_bytes"
         self._count = 0
+        self._lock = threading.Lock()
+        self._leftover: list[str] = []  # cgroups of finished runs, removed in the background
+        self._sweeper: threading.Thread | None = None
 
     def describe(self) -> str:
         return f"cgroup v{self.version} {self.limit_file} per run (under {self.directory})"
@@ -255,23 +261,43 @@ class _MemoryCgroup:
         except (OSError, ValueError, IndexError):
             return False
 
-    @staticmethod
-    def remove(path: str) -> None:
-        for _ in range(50):  # the kernel releases an emptied cgroup within milliseconds
+    def remove(self, path: str) -> None:
+        """Remove a run's cgroup once the kernel has let go of it, in the background: an emptied cgroup
+        is often still busy for a few milliseconds, which a run should not wait for."""
+        with self._lock:
+            self._leftover.append(path)
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="autothink-cgroups", daemon=True)
+                self._sweeper.start()
+                atexit.register(self._sweep_once)
+
+    def _sweep_once(self) -> None:
+        with self._lock:
+            pending, self._leftover = self._leftover, []
+        busy = []
+        for path in pending:
             try:
                 os.rmdir(path)
-                return
             except FileNotFoundError:
-                return
+                pass
             except OSError:
-                time.sleep(0.01)
-        log.warning("sandbox: could not remove memory cgroup %s", path)
+                busy.append(path)
+        with self._lock:
+            self._leftover = busy + self._leftover
+
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(0.05)
+            self._sweep_once()
 
 
 @functools.lru_cache(maxsize=None)
 def _memory_cgroup() -> _MemoryCgroup | None:
     """The per-run memory cgroup maker of this machine, or None (then NOFILE × FSIZE bounds memory)."""
-    if os.environ.get("AUTOTHINK_SANDBOX_CGROUP", "auto") == "off":
+    choice = os.environ.get("AUTOTHINK_SANDBOX_CGROUP", "auto")
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"AUTOTHINK_SANDBOX_CGROUP must be auto, on or off, got {choice!r}")
+    if choice == "off":
         return None
     try:
         with open("/proc/self/cgroup") as f:
@@ -291,13 +317,15 @@ def _memory_cgroup() -> _MemoryCgroup | None:
                 except OSError:
                     delegated = False
             elif "memory" in controllers.split(",") and fstype == "cgroup" and "memory" in m[-1].split(","):
-                directory, delegated = os.path.join(point, os.path.relpath(path, root).lstrip(".")), True
+                # cgroup v1 only when asked: moving a run into it costs ~9 ms (the kernel's RCU sync), more
+                # than the whole sandbox otherwise (measured in BENCHMARKS.md)
+                directory, delegated = os.path.join(point, os.path.relpath(path, root).lstrip(".")), choice == "on"
             else:
                 continue
             group = _MemoryCgroup(os.path.normpath(directory), 2 if fstype == "cgroup2" else 1)
             try:
                 if delegated:
-                    group.remove(group.create(64 << 20))
+                    os.rmdir(group.create(64 << 20))
                     return group
             except OSError:
                 pass
