@@ -403,3 +403,22 @@ def test_memory_outside_the_address_space_is_bounded(cgroup, monkeypatch):
     if cgroup == "off":
         assert memory_bound().startswith("rlimits") and "File too large" in r.stderr  # FSIZE = 64 MB / 64
     sandbox._memory_cgroup.cache_clear()
+
+
+def test_a_cgroup_that_refuses_a_run_is_given_up_for_rlimits(monkeypatch, tmp_path):
+    class Refusing(sandbox._MemoryCgroup):  # a "cgroup" whose cgroup.procs cannot be written
+        def create(self, limit_bytes):
+            path = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+            (path / "cgroup.procs").mkdir(parents=True)
+            return str(path)
+
+        def remove(self, path):
+            pass
+
+    monkeypatch.setattr(sandbox, "_memory_cgroup", lambda: Refusing(str(tmp_path), 2))
+    monkeypatch.setattr(sandbox, "_CGROUP_REFUSED", [])
+    r = run("print('ran once')")
+    assert r.ok and r.stdout == "ran once\n"  # the program had not started: it ran again, once
+    assert sandbox._CGROUP_REFUSED and memory_bound().startswith("rlimits")
+    assert len(list(tmp_path.iterdir())) == 1  # no cgroup is tried again
+    assert run("print(2)").stdout == "2\n" and len(list(tmp_path.iterdir())) == 1

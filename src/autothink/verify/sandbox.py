@@ -212,7 +212,7 @@ def _check_bwrap(bwrap: str, python: str) -> None:
         raise SandboxUnavailable(f"bubblewrap not found at {bwrap!r}; install it (Debian: apt-get install bubblewrap)")
     if not os.path.exists(python):
         raise SandboxUnavailable(f"sandbox interpreter {python!r} does not exist; set AUTOTHINK_SANDBOX_PYTHON")
-    probe = _run("", "", timeout_s=30.0, memory_mb=256, output_limit=65536, max_procs=16, file_size_mb=1,
+    probe = _run("", "", cgroups=False, timeout_s=30.0, memory_mb=256, output_limit=65536, max_procs=16, file_size_mb=1,
                  tmpfs_mb=1, env=None, python=python, bwrap=bwrap)
     if probe.returncode != 0:
         raise SandboxUnavailable(f"bwrap could not start a sandbox (exit {probe.returncode}; bubblewrap >= 0.8 and "
@@ -332,9 +332,16 @@ def _memory_cgroup() -> _MemoryCgroup | None:
     return None
 
 
+class _CgroupRefused(OSError):
+    """The kernel would not move a run into its memory cgroup (then none is used again)."""
+
+
+_CGROUP_REFUSED: list[str] = []  # why cgroups were given up on, once one refused a run
+
+
 def memory_bound() -> str:
     """What bounds a run's memory outside its address space here (see the module docstring)."""
-    group = _memory_cgroup()
+    group = None if _CGROUP_REFUSED else _memory_cgroup()
     return group.describe() if group else "rlimits: NOFILE 64 x FSIZE memory_mb/64 per process (no memory cgroup)"
 
 
@@ -393,9 +400,15 @@ def run_python(
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         log.warning(message)
         bwrap = None
-    return _run(code, stdin, timeout_s=timeout_s, memory_mb=memory_mb, output_limit=output_limit,
-                max_procs=max_procs, file_size_mb=file_size_mb, tmpfs_mb=tmpfs_mb, env=env, python=python,
-                bwrap=bwrap)
+    options = dict(timeout_s=timeout_s, memory_mb=memory_mb, output_limit=output_limit, max_procs=max_procs,
+                   file_size_mb=file_size_mb, tmpfs_mb=tmpfs_mb, env=env, python=python, bwrap=bwrap)
+    try:
+        return _run(code, stdin, **options)
+    except _CgroupRefused as err:
+        if not _CGROUP_REFUSED:
+            log.warning("sandbox: memory cgroups refused a run (%s); bounding memory with rlimits from now on", err)
+        _CGROUP_REFUSED.append(str(err))
+        return _run(code, stdin, **options)
 
 
 def run_many(programs: Sequence[str | tuple[str, str]], workers: int | None = None, **options) -> list[RunResult]:
@@ -412,9 +425,10 @@ def run_many(programs: Sequence[str | tuple[str, str]], workers: int | None = No
 
 
 def _run(code: str, stdin: str, *, timeout_s: float, memory_mb: int, output_limit: int, max_procs: int,
-         file_size_mb: int, tmpfs_mb: int, env: Mapping[str, str] | None, python: str, bwrap: str | None) -> RunResult:
+         file_size_mb: int, tmpfs_mb: int, env: Mapping[str, str] | None, python: str, bwrap: str | None,
+         cgroups: bool = True) -> RunResult:
     """Spawn one sandboxed (bwrap set) or fallback (bwrap None) run and supervise it."""
-    group = _memory_cgroup() if bwrap else None
+    group = _memory_cgroup() if bwrap and cgroups and not _CGROUP_REFUSED else None
     # Without a memory cgroup, memfd and tmpfs pages are bounded per process by NOFILE × FSIZE ≈ memory_mb.
     nofile, file_mb = (256, file_size_mb) if group else (64, max(1, min(file_size_mb, memory_mb // 64)))
     limits = [
@@ -464,8 +478,11 @@ def _run(code: str, stdin: str, *, timeout_s: float, memory_mb: int, output_limi
         try:
             pid, init = _open_init(info_r, start + timeout_s) if bwrap else (None, None)
             if cgroup and pid is not None:
-                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                    f.write(str(pid))
+                try:
+                    with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                        f.write(str(pid))
+                except OSError as err:  # the program has not started: run it again without a cgroup
+                    raise _CgroupRefused(f"{cgroup}: {err}") from err
                 os.write(block_w, b"x")
             reason, out, err, truncated = _supervise(proc, stdin.encode("utf-8", "surrogateescape"),
                                                      start + timeout_s, output_limit)
