@@ -8,6 +8,7 @@ is tested alone and could move to another engine. One module per concern:
 - `advantages`: GRPO group normalisation, difficulty/entropy-aware rescaling (KAT-Coder).
 - `masks`: per-token segments and loss masks of AutoThink completions; per-segment advantages.
 - `schedule`: the SRPO prompt schedule (two stages, history resampling) and forced modes.
+- `trie`: trie-packed training, shared prefixes computed once with exact gradients.
 """
 from autothink.algorithms.advantages import group_normalize as group_normalize
 from autothink.algorithms.advantages import rescale_advantages as rescale_advantages
@@ -32,3 +33,7 @@ from autothink.algorithms.uld import shift_pairs as shift_pairs
 from autothink.algorithms.uld import sorted_probs as sorted_probs
 from autothink.algorithms.uld import uld_loss as uld_loss
 from autothink.algorithms.uld import uld_loss_sorted as uld_loss_sorted
+from autothink.algorithms.trie import TriePack as TriePack
+from autothink.algorithms.trie import trie_forward as trie_forward
+from autothink.algorithms.trie import trie_logprobs as trie_logprobs
+from autothink.algorithms.trie import trie_pack as trie_pack
