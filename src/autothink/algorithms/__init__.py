@@ -25,6 +25,10 @@ from autothink.algorithms.rewards import vote_mode as vote_mode
 from autothink.algorithms.schedule import PromptSchedule as PromptSchedule
 from autothink.algorithms.schedule import forced_modes as forced_modes
 from autothink.algorithms.schedule import history_resample as history_resample
+from autothink.algorithms.trie import TriePack as TriePack
+from autothink.algorithms.trie import trie_forward as trie_forward
+from autothink.algorithms.trie import trie_logprobs as trie_logprobs
+from autothink.algorithms.trie import trie_pack as trie_pack
 from autothink.algorithms.uld import causal_lm_ce as causal_lm_ce
 from autothink.algorithms.uld import mtp_distill_loss as mtp_distill_loss
 from autothink.algorithms.uld import pair_rows as pair_rows
@@ -33,7 +37,3 @@ from autothink.algorithms.uld import shift_pairs as shift_pairs
 from autothink.algorithms.uld import sorted_probs as sorted_probs
 from autothink.algorithms.uld import uld_loss as uld_loss
 from autothink.algorithms.uld import uld_loss_sorted as uld_loss_sorted
-from autothink.algorithms.trie import TriePack as TriePack
-from autothink.algorithms.trie import trie_forward as trie_forward
-from autothink.algorithms.trie import trie_logprobs as trie_logprobs
-from autothink.algorithms.trie import trie_pack as trie_pack
