@@ -9,9 +9,19 @@ import uvicorn
 from transformers import HfArgumentParser, PretrainedConfig, PreTrainedModel, Trainer
 
 from autothink.training.distill import DistillTrainer
+from autothink.training.trie_packing import TrieTrainerMixin
 
-# Trainer methods DistillTrainer overrides: (signature, sha256[:16] of the source, what to re-check).
+# Trainer methods DistillTrainer and TrieTrainerMixin override or call: (signature, sha256[:16] of the source,
+# what to re-check).
 TRAINER_METHODS = {
+    "_get_num_items_in_batch": (
+        "(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None", "a31fa106f70db1b9",
+        ("get_batch_samples still takes the step's normaliser from it over all of the step's micro-batches, and "
+         "passes it to compute_loss as num_items_in_batch (TrieTrainerMixin returns the summed pack weights)")),
+    "_prepare_inputs": (
+        "(self, inputs: dict[str, torch.Tensor | typing.Any]) -> dict[str, torch.Tensor | typing.Any]",
+        "8f8c4e430d2f96d6",
+        "it still moves the tensors nested in lists of dicts (a micro-batch of packs) to the device"),
     "_save": (
         "(self, output_dir: str | None = None, state_dict: dict | None = None) -> None", "b136889e87928376",
         "save_model still ends in self._save(output_dir, state_dict) and writes TRAINING_ARGS_NAME there"),
@@ -23,7 +33,10 @@ TRAINER_METHODS = {
 
 # (object, attribute or source line, where autothink uses it)
 SOURCE_LINES = [
-    (Trainer.training_step, "loss_is_scaled_for_ga", "DistillTrainer sets it False: its loss is a per-batch mean"),
+    (Trainer.training_step, "loss_is_scaled_for_ga",
+     "DistillTrainer sets it False (its loss is a per-batch mean), TrieTrainerMixin True (over the step's weight)"),
+    (Trainer.get_batch_samples, "self._get_num_items_in_batch(batch_samples, device)",
+     "TrieTrainerMixin's normaliser is the whole optimizer step's"),
     (Trainer.save_model, "self._save(", "DistillTrainer._save writes an MTP student as base files + heads"),
     (PreTrainedModel.save_pretrained, 'hf_quantizer = getattr(self, "hf_quantizer", None)',
      "models.prepare sets hf_quantizer = None to save a dequantized GGUF model as plain fp32"),
@@ -44,8 +57,8 @@ def test_trainer_methods_are_unchanged():
     for name, (signature, digest, recheck) in TRAINER_METHODS.items():
         got = _digest(getattr(Trainer, name))
         assert got == (signature, digest), f"Trainer.{name} changed ({got}): re-check that {recheck}"
-    overridden = {n for n, v in vars(DistillTrainer).items() if n.startswith("_") and not n.startswith("__")
-                  and callable(v) and hasattr(Trainer, n)}
+    overridden = {n for cls in (DistillTrainer, TrieTrainerMixin) for n, v in vars(cls).items()
+                  if n.startswith("_") and not n.startswith("__") and callable(v) and hasattr(Trainer, n)}
     assert overridden <= set(TRAINER_METHODS), f"private overrides without a contract entry: {overridden}"
 
 

@@ -149,6 +149,69 @@ def test_packed_batch_equals_the_samples_run_one_by_one(student, examples, attn)
     assert (leaky[a:b] - packed_logits[a:b]).abs().max() > 1e-3
 
 
+# Dual-regime rows: every prompt answered in both modes, so pairs share their whole prompt.
+DUAL = ROWS + [
+    {"id": "add-on", "mode": "on", "messages": [
+        _user("What is 2+2?"), _bot(render("on", "4", judge="Check it.", think="2 and 2 make 4."))]},
+    {"id": "eq-off", "mode": "off", "messages": [
+        _user("Solve 3x + 5 = 20."), _bot(render("off", "x = 5", judge="Easy."))]},
+    {"id": "multi-off", "mode": "off", "messages": [
+        *ROWS[3]["messages"][:-1], _bot(render("off", "No.", judge="7*13."))]},
+]
+
+
+def _sgd_step(config, model, tok, examples):
+    trainer = build_trainer(config, model, tok, examples)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    return trainer, {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def test_a_trie_packed_step_equals_the_unpacked_step(tokenizer, tmp_path):
+    """One SGD step over every sample: trie packs (several, over gradient accumulation) vs one padded batch."""
+    from datasets import Dataset
+
+    examples = [{"id": r["id"], "mode": r["mode"], "prompt": r["messages"][:-1], "completion": r["messages"][-1:]}
+                for r in DUAL]
+    step = dict(optim="sgd", learning_rate=1.0, max_grad_norm=0.0, max_steps=1, lr_scheduler_type="constant")
+    updates = {}
+    for packing in ("false", "trie"):
+        model, tok = tiny_model(copy.deepcopy(tokenizer), seed=3)
+        add_autothink_tokens(tok, model)
+        if packing == "trie":
+            config = _config(packing="trie", max_length=128, per_device_train_batch_size=1, **step)
+            packs = build_trainer(config, model, tok, examples).train_dataset
+            config = _config(packing="trie", max_length=128, per_device_train_batch_size=1,
+                             gradient_accumulation_steps=len(packs), **step)
+        else:
+            config = _config(packing=False, per_device_train_batch_size=len(examples), **step)
+        trainer, updates[packing] = _sgd_step(config, model, tok, examples)
+    stats = trainer.packing_stats
+    assert isinstance(trainer.train_dataset, Dataset) and stats["packs"] == len(packs) > 1
+    assert stats["sequences"] == len(examples) and stats["ratio"] > 1.1  # shared prompts computed once
+    assert stats["unpacked_tokens"] == sum(len(r["input_ids"]) for r in
+                                           build_trainer(_config(packing=False), model, tok, examples).train_dataset)
+    for name, ref in updates["false"].items():
+        err = (updates["trie"][name] - ref).norm() / ref.norm().clamp_min(1e-30)
+        assert err <= 1e-5, f"{name}: relative update error {err:.2e}"
+
+
+def test_trie_packing_run_on_the_embedded_model(data_file, tmp_path):
+    """`autothink sft --packing trie` end to end: the embedded model, resumable checkpoints, the ratio reported."""
+    out = tmp_path / "run"
+    argv = ["--data", str(data_file), "--output_dir", str(out), "--packing", "trie", "--max_length", "128",
+            "--max_steps", "2", "--save_steps", "1", "--per_device_train_batch_size", "1", "--report_to", "none",
+            "--disable_tqdm", "true", "--learning_rate", "1e-4", "--logging_steps", "1"]
+    run_sft(parse_config(SFTConfig, argv, prog="autothink sft"))
+    summary = json.loads((out / "sft.json").read_text())
+    assert summary["model"] == "smollm2-135m-instruct" and summary["packing_strategy"] == "trie"
+    assert summary["global_step"] == 2 and summary["first_loss"] > 0 and summary["last_loss"] > 0
+    trie = summary["data_stats"]["trie"]
+    assert trie["sequences"] == len(ROWS) and trie["trie_tokens"] <= trie["unpacked_tokens"]
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-1", "checkpoint-2"}
+    AutoModelForCausalLM.from_pretrained(out)
+
+
 def test_data_stats_count_modes_and_truncated_samples(student, examples):
     _, tok = student
     stats = data_stats(examples, tok, max_length=None)
@@ -269,6 +332,8 @@ def test_config_from_yaml_and_flags(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"packing_strategy": "wrapped"}, "attend to each other"),
     ({"assistant_only_loss": True}, "final assistant message"),
+    ({"packing": "tree"}, "bfd \\(true\\), trie or false"),
+    ({"packing": "trie", "max_length": None}, "each pack's token budget"),
 ])
 def test_config_refuses_modes_that_break_the_loss(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -17,6 +17,10 @@ well-formed AutoThink response (`<judge>..</judge><think_on|off>..<answer>..</an
   read TRL's `cu_seq_lens` instead; so no token attends across samples and a packed batch gives
   the per-sample logits and losses of the samples run one by one (tests/training/test_sft.py checks
   this at 1e-5 in fp32). Other attention implementations are refused with packing on.
+- `--packing trie` packs the samples into prefix tries instead (`training.trie_packing`): rows
+  that share a prompt or a conversation prefix compute it once, forward and backward, with the
+  loss and gradients of the unpacked batch (`max_length` is each pack's token budget, a batch
+  is `per_device_train_batch_size` packs). The agentic SFT uses it by default.
 - The student gets the AutoThink tokens (`format.add_autothink_tokens`: embeddings resized,
   chat template with the `thinking` kwarg), and the tokenizer is saved with every checkpoint.
 - Checkpoints every `save_steps`; a rerun with the same `output_dir` resumes from the last one.
@@ -39,6 +43,7 @@ from autothink.models import load_student
 from autothink.models.card import write_model_card
 from autothink.records.sft import read_sft_data
 from autothink.training.args import LoraOptions, TrainerDefaults, resume_point, save_trained
+from autothink.training.trie_packing import TrieTrainerMixin, use_trie_packing
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +75,29 @@ class SFTConfig(TrainerDefaults, LoraOptions, trl.SFTConfig):
     logging_steps: float = field(default=5, metadata={"help": "log every N optimizer steps"})
     save_steps: float = field(default=100, metadata={"help": "save a checkpoint every N optimizer steps"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep only the last N checkpoints"})
-    packing: bool = field(default=True, metadata={
-        "help": "pack samples into rows of max_length tokens without cross-sample attention (bfd, padding-free)"})
+    packing: str = field(default="true", metadata={
+        "nargs": "?", "const": "true", "help": (
+            "bfd (or true): TRL's best-fit-decreasing packing into rows of max_length tokens without cross-sample "
+            "attention (padding-free); trie: prefix-trie packs, shared prefixes computed once (= --packing true "
+            "--packing_strategy trie); false: no packing")})
+    packing_strategy: str = field(default="bfd", metadata={"help": "with packing on: bfd or trie (see --packing)"})
 
     def __post_init__(self):
+        # TRL's vocabulary after this: packing (bool) and packing_strategy ("bfd" or "trie")
+        choice = str(self.packing).lower()
+        if choice not in ("true", "false", "bfd", "trie"):
+            raise ValueError(f"packing must be bfd (true), trie or false, got {self.packing!r}")
+        if choice in ("bfd", "trie"):
+            self.packing_strategy = choice
+        self.packing = choice != "false"
         super().__post_init__()
-        if self.packing and self.packing_strategy != "bfd":
+        if self.packing and self.packing_strategy not in ("bfd", "trie"):
             raise ValueError(
                 f"packing_strategy {self.packing_strategy!r} is not supported: 'wrapped' lets samples attend to each "
-                "other and 'bfd_split' trains on a response's tail without its prompt; use 'bfd' (the default)")
+                "other and 'bfd_split' trains on a response's tail without its prompt; use 'bfd' (the default) or "
+                "'trie'")
+        if self.packing and self.packing_strategy == "trie" and not self.max_length:
+            raise ValueError("--packing trie needs max_length: it is each pack's token budget")
         if self.assistant_only_loss:
             raise ValueError("assistant_only_loss is not needed: autothink sft trains on the final assistant message "
                              "only (prompt-completion loss); leave it off")
@@ -109,9 +128,19 @@ def data_stats(examples: list[dict], tokenizer, max_length: int | None) -> dict:
 # --------------------------------------------------------------------------- model and trainer
 
 
+class TrieSFTTrainer(TrieTrainerMixin, trl.SFTTrainer):
+    """TRL's SFTTrainer (its tokenisation, completion-only labels, truncation) trained on trie packs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packing_stats = use_trie_packing(self, self.args.max_length)
+
+
 def check_packing(model, config: SFTConfig) -> None:
     """Refuse packing with an attention implementation that would let packed samples see each other."""
     attn = model.config._attn_implementation
+    if config.packing and config.packing_strategy == "trie":
+        return  # the trie trainer checks its own attention implementations
     if (config.packing or config.padding_free) and attn not in PACKING_ATTENTION:
         raise ValueError(f"packing needs an attention implementation that keeps packed samples apart "
                          f"({', '.join(PACKING_ATTENTION)}); the model uses {attn!r}. Set --packing false or "
@@ -120,13 +149,17 @@ def check_packing(model, config: SFTConfig) -> None:
 
 def build_trainer(config: SFTConfig, model, tokenizer, examples: list[dict], eval_examples: list[dict] | None = None,
                   callbacks: list | None = None) -> trl.SFTTrainer:
-    """An `SFTTrainer` on prompt-completion examples (from `read_sft_data`) for a prepared student."""
+    """An `SFTTrainer` (a `TrieSFTTrainer` with `--packing trie`) on prompt-completion examples (from
+    `read_sft_data`) for a prepared student."""
     check_packing(model, config)
     if "<judge>" not in tokenizer.get_vocab():
         raise ValueError("the tokenizer has no AutoThink tokens; call format.add_autothink_tokens(tokenizer, model)")
     args = copy.copy(config)
     args.model_init_kwargs = None  # the student is loaded already (TRL warns it would ignore them)
-    return trl.SFTTrainer(
+    trie = config.packing and config.packing_strategy == "trie"
+    if trie:
+        args.packing = False  # TRL tokenises and truncates the rows; the trie trainer packs them
+    return (TrieSFTTrainer if trie else trl.SFTTrainer)(
         model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(examples),
         eval_dataset=to_dataset(eval_examples) if eval_examples else None, callbacks=callbacks,
         peft_config=config.peft_config(model, tokenizer),
@@ -156,8 +189,13 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
         logger.warning("the chat template does not end the assistant turn with EOS (%r); the model may not learn to "
                        "stop. Set --eos_token to the template's end-of-turn token.", tokenizer.eos_token)
     trainer = build_trainer(config, model, tokenizer, examples, eval_examples, callbacks)
-    print(f"sft: {stats['records']} samples {stats['modes']}, {stats['tokens']} tokens, packing "
-          f"{'on' if config.packing else 'off'} ({model.config._attn_implementation}) -> {config.output_dir}"
+    packing = config.packing_strategy if config.packing else "off"
+    if isinstance(trainer, TrieSFTTrainer):
+        stats["trie"] = trainer.packing_stats
+        packing += (f" ({trainer.packing_stats['unpacked_tokens']} -> {trainer.packing_stats['trie_tokens']} tokens, "
+                    f"R = {trainer.packing_stats['ratio']:.2f})")
+    print(f"sft: {stats['records']} samples {stats['modes']}, {stats['tokens']} tokens, packing {packing} "
+          f"({model.config._attn_implementation}) -> {config.output_dir}"
           + (f"; resuming from {resume}" if resume else ""))
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
@@ -171,7 +209,8 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     summary = {
         "model": config.model, "data": config.data, "eval_data": config.eval_data, "data_stats": stats,
-        "packing": config.packing, "attn_implementation": model.config._attn_implementation,
+        "packing": config.packing, "packing_strategy": config.packing_strategy,
+        "attn_implementation": model.config._attn_implementation,
         "resumed_from": resume, "global_step": trainer.state.global_step, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "metrics": metrics, "config": json.loads(config.to_json_string()),
     }
