@@ -1,6 +1,6 @@
 """The TRL members autothink touches beyond the public API, pinned to trl 1.16.0.
 
-`training/step_srpo.py` overrides seven `GRPOTrainer` methods and calls or reads a few more
+`training/step_srpo.py` overrides eight `GRPOTrainer` methods and calls or reads a few more
 private ones. Each entry records the signature and a hash of the source in the pinned TRL and
 what to re-check when it changes; a TRL upgrade fails here first, loudly, with the list.
 """
@@ -53,7 +53,10 @@ GRPO_METHODS = {
         "spatial_shapes=None, num_tiles=None, image_sizes=None, token_type_ids=None, mm_token_type_ids=None, "
         "image_position_ids=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]",
         "ea73c3909275851d",
-        "it still returns (logps, entropies, aux) with entropies [B, logits_to_keep] when compute_entropy (for μ)"),
+        ("it still returns (logps, entropies, aux) with entropies [B, logits_to_keep] when compute_entropy (for μ), "
+         "is the one log-prob pass of old, reference and policy log-probs (overridden with --packing trie), scores "
+         "the last logits_to_keep columns at HF's default positions (the column index) with 0 off the mask, and "
+         "divides the logits by self.temperature")),
     "_log_completion_extra": (
         "(self, column: str, values: list)", "afe43ddaa96cfd5c",
         "it still adds one column of per-local-row values to the completion tables"),

@@ -362,3 +362,88 @@ def test_lora_runs_step_srpo_and_saves_a_plain_merged_model(policy_dir, prompts_
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(merged[name], start[name])  # LoRA trained and merged in
     assert len((out / "rl_metrics.jsonl").read_text().splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- trie packing
+
+
+def _group_rows(tok, generator):
+    """Two groups of four rows in GRPO's layout: left-padded prompts, right-padded completions of mixed lengths."""
+    prompts = [tok.apply_chat_template(t.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+               for t in TASKS[:2]]
+    width = max(map(len, prompts))
+    ids, mask = [], []
+    for prompt in prompts:
+        for n in (12, 5, 12, 9):
+            completion = torch.randint(len(tok), (n,), generator=generator).tolist()
+            pad = [tok.pad_token_id] * (width - len(prompt)), [tok.pad_token_id] * (12 - n)
+            ids.append(pad[0] + prompt + completion + pad[1])
+            mask.append([0] * len(pad[0]) + [1] * (len(prompt) + n) + [0] * len(pad[1]))
+    return torch.tensor(ids), torch.tensor(mask)
+
+
+def test_trie_log_probs_and_entropies_are_trls_own(policy, prompts_file, tmp_path):
+    trainer = _trainer(policy, prompts_file, tmp_path, temperature=0.7)
+    ids, mask = _group_rows(trainer.processing_class, torch.Generator().manual_seed(0))
+    results = {}
+    for packing in ("none", "trie"):
+        trainer.args.packing = packing
+        trainer.model.zero_grad()
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, 12, batch_size=4, compute_entropy=True)
+        (logps * mask[:, -12:]).sum().backward()
+        results[packing] = logps, entropies, {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    (ref, ref_ent, ref_grads), (got, got_ent, grads) = results["none"], results["trie"]
+    keep = mask[:, -12:].bool()
+    torch.testing.assert_close(got[keep], ref[keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_ent[keep], ref_ent[keep], rtol=1e-5, atol=1e-5)
+    assert (got[~keep] == 0).all() and (ref[~keep] == 0).all()  # TRL's fused head gives 0 off the mask, as we do
+    for name, g in ref_grads.items():
+        assert (grads[name] - g).norm() / g.norm().clamp_min(1e-30) <= 1e-5, name
+
+
+def _plain_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+                 compute_aux_loss=False, **multimodal):
+    """The reference: TRL's log-prob pass written out, a log-softmax of the full logits in the model's dtype
+    (TRL's fused head computes it in fp32 whatever the model's dtype)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -logits_to_keep - 1:-1]
+    logsm = torch.log_softmax(logits / self.temperature, -1)
+    keep = attention_mask[:, -logits_to_keep:]
+    logps = logsm.gather(-1, input_ids[:, -logits_to_keep:, None])[..., 0] * keep
+    return logps, (-(logsm.exp() * logsm).sum(-1) * keep if compute_entropy else None), None
+
+
+@pytest.mark.slow
+def test_a_trie_packed_step_gives_the_parameters_of_the_unpacked_step(policy_dir, prompts_file, tmp_path, monkeypatch):
+    """One SGD step in fp64: trie packing equals the unpacked reference step to 1e-6, and TRL's own step to the
+    precision of TRL's log-prob kernel, which runs in fp32 whatever the model's dtype (so in fp32 the two differ
+    by ~1e-4 relative on parameters whose gradient cancels across a group's signed advantages)."""
+    start = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float64).state_dict()
+    updates = {}
+    for run in ("trl", "trie", "reference"):
+        if run == "reference":
+            monkeypatch.setattr(trl.GRPOTrainer, "_get_per_token_logps_and_entropies", _plain_logps)
+        out = tmp_path / run
+        run_rl(_run_config(policy_dir, prompts_file, out, packing="trie" if run == "trie" else "none", max_steps=1,
+                           stage1_steps=0, optim="sgd", learning_rate=1e4, max_grad_norm=0.0, save_strategy="no",
+                           model_init_kwargs={"dtype": torch.float64}))
+        after = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64).state_dict()
+        updates[run] = {name: after[name] - start[name] for name in start}
+    moved = 0
+    for name, ref in updates["reference"].items():
+        moved += int(ref.norm() > 0)
+        assert (updates["trie"][name] - ref).norm() <= 1e-6 * ref.norm(), name  # measured <= 1.2e-7
+        assert (updates["trl"][name] - ref).norm() <= 5e-4 * ref.norm(), name  # TRL's fp32 kernel: <= 7.6e-5
+    assert moved > len(start) // 2  # a step with real advantages, not a zero update
+
+
+@pytest.mark.slow
+def test_rl_with_trie_packing_runs_on_the_embedded_model(prompts_file, tmp_path):
+    out = tmp_path / "rl"
+    argv = ["--model", "smollm2-135m-instruct", "--data", str(prompts_file), "--output_dir", str(out),
+            "--packing", "trie", "--max_steps", "1", "--num_generations", "4", "--per_device_train_batch_size", "8",
+            "--max_completion_length", "8", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"]
+    run_rl(parse_config(RLConfig, argv, prog="autothink rl"))
+    summary = json.loads((out / "rl.json").read_text())
+    assert summary["global_step"] == 1 and summary["config"]["packing"] == "trie"
+    assert len((out / "rl_metrics.jsonl").read_text().splitlines()) == 1

@@ -323,19 +323,20 @@ def trie_logprobs(model, pack: TriePack, temperature: float = 1.0,
     """
     has = pack.parent >= 0
     rows, inverse = torch.unique(pack.parent[has], return_inverse=True)
-    logits = trie_forward(model, pack, rows) if len(rows) else None
-    logp = torch.zeros(len(pack), device=next(model.parameters()).device)
-    ent = torch.zeros_like(logp) if entropy else None
-    if logits is None:
-        return logp, ent
-    logsm = torch.log_softmax(logits.float() / temperature, dim=-1)  # (R, V)
-    chosen = logsm[inverse.to(logsm.device), pack.input_ids[has].to(logsm.device)]
-    logp = logp.masked_scatter(has.to(logp.device), chosen)
-    if entropy:
-        row_entropy = -(logsm.exp() * logsm).sum(-1)  # (R,)
-        ent = ent.masked_scatter(has.to(ent.device), row_entropy[inverse.to(ent.device)])
-    return logp, ent
-
+    device = next(model.parameters()).device
+    if not len(rows):
+        logp = torch.zeros(len(pack), device=device)
+        return logp, torch.zeros_like(logp) if entropy else None
+    logits = trie_forward(model, pack, rows)
+    # fp32 at least: a log-softmax over a large vocabulary in bf16 loses the small log-probs
+    logsm = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+    inverse, has = inverse.to(device), has.to(device)
+    logp = torch.zeros(len(pack), dtype=logsm.dtype, device=device).masked_scatter(
+        has, logsm[inverse, pack.input_ids.to(device)[has]])
+    if not entropy:
+        return logp, None
+    row_entropy = -(logsm.exp() * logsm).sum(-1)  # (R,)
+    return logp, torch.zeros_like(logp).masked_scatter(has, row_entropy[inverse])
 
 def trie_row_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
                       token_budget: int, temperature: float = 1.0,
@@ -352,15 +353,17 @@ def trie_row_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     sequences = [input_ids[b].cpu()[c].tolist() for b, c in enumerate(columns)]
     packs = trie_pack(sequences, [[0.0] * len(x) for x in sequences], token_budget,
                       positions=[c.tolist() for c in columns])
-    device = next(model.parameters()).device
-    logps = torch.zeros(mask.shape, device=device)
-    entropies = torch.zeros(mask.shape, device=device) if entropy else None
+    logps = entropies = None
     rows = torch.repeat_interleave(torch.arange(len(columns)), torch.tensor([len(c) for c in columns]))
     for pack in packs:
         logp, ent = trie_logprobs(model, pack, temperature, entropy)
+        if logps is None:
+            logps = logp.new_zeros(mask.shape)
+            entropies = logp.new_zeros(mask.shape) if entropy else None
         seqs = sorted(pack.token_index)
-        index = torch.cat([pack.token_index[s] for s in seqs]).to(device)
-        where = (torch.cat([rows[rows == s] for s in seqs]), torch.cat([columns[s] for s in seqs]))
+        index = torch.cat([pack.token_index[s] for s in seqs]).to(logp.device)
+        where = (torch.cat([rows[rows == s] for s in seqs]).to(logp.device),
+                 torch.cat([columns[s] for s in seqs]).to(logp.device))
         logps = logps.index_put(where, logp[index])
         if entropy:
             entropies = entropies.index_put(where, ent[index])

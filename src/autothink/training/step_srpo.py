@@ -2,7 +2,7 @@
 
 The math lives in `autothink.algorithms` (rewards, group normalisation, segments, rescaling,
 the prompt schedule and history resampling), the prompts file in `autothink.records.rl_prompts`,
-the logged metrics in `training.rl_metrics`. This module wires them into TRL 1.16 at seven short
+the logged metrics in `training.rl_metrics`. This module wires them into TRL 1.16 at eight short
 override points (`tests/contracts/test_trl.py` pins each, and every private TRL member used):
 
 - `_generate_single_turn`: forced-mode exploration (below); records which rows were forced.
@@ -22,6 +22,10 @@ override points (`tests/contracts/test_trl.py` pins each, and every private TRL 
   mix with history resampling) in place of TRL's `RepeatSampler`.
 - `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the schedule's
   decisions (`srpo_schedule.json`) with each checkpoint, as TRL does for its entropy state.
+- `_get_per_token_logps_and_entropies`, with `--packing trie` only: every log-prob pass (old,
+  reference, policy, entropy) runs the rows as prefix tries (`algorithms.trie_row_logprobs`),
+  so each group's shared prompt is computed once, forward and backward; the values are TRL's
+  own (same positions, same temperature), packs at most TRL's micro-batch of tokens.
 
 **Forced-mode exploration.** In each group of G rollouts, ρG of them (`forced_fraction`; the
 fractional part is drawn at random per group) have their mode forced, half think-on and half
@@ -76,6 +80,7 @@ from autothink.algorithms.schedule import (
     forced_modes,
     is_reasoning_heavy,
 )
+from autothink.algorithms.trie import check_trie_model, trie_row_logprobs
 from autothink.format import (
     MODES,
     SPECIAL_TOKENS,
@@ -143,6 +148,9 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
     save_steps: float = field(default=50, metadata={"help": "save a checkpoint every N optimizer steps"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep only the last N checkpoints"})
     max_completion_length: int | None = field(default=256, metadata={"help": "new tokens per rollout"})
+    packing: str = field(default="none", metadata={
+        "help": "trie: log-prob passes compute each group's shared prompt once (prefix-trie packing); none: TRL's "
+                "padded rows"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -155,6 +163,8 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
         if self.scale_rewards not in ("group", "none"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r}: Step-SRPO normalises within each group ('group') "
                              "or only centres ('none')")
+        if self.packing not in ("none", "trie"):
+            raise ValueError(f"packing must be none or trie, got {self.packing!r}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} is sequence-level; Step-SRPO's per-token advantages need "
                              f"one of {', '.join(LOSS_TYPES)}")
@@ -206,6 +216,8 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         super().__init__(model=model, reward_funcs=[verifier_reward], args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
                          peft_config=peft_config)
+        if args.packing == "trie":
+            check_trie_model(self.model)
         self.tag_ids = {t: vocab[t] for t in SPECIAL_TOKENS}
         self.prefix_ids = {m: processing_class(forced_prefix(m), add_special_tokens=False).input_ids for m in MODES}
         self._forced: list[str | None] = []
@@ -269,6 +281,20 @@ class StepSRPOTrainer(trl.GRPOTrainer):
     def _compute_loss(self, model, inputs):
         mask = inputs[LOSS_MASK] * inputs["tool_mask"] if "tool_mask" in inputs else inputs[LOSS_MASK]
         return super()._compute_loss(model, {**inputs, "tool_mask": mask})
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        if self.args.packing != "trie":
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                **multimodal)
+        if compute_aux_loss or any(v is not None for v in multimodal.values()):
+            raise ValueError("--packing trie runs text-only models without a router loss; set --packing none")
+        budget = (batch_size or input_ids.size(0)) * input_ids.size(1)  # TRL's micro-batch, in tokens
+        with self.accelerator.autocast():
+            logps, entropies = trie_row_logprobs(model, input_ids, attention_mask, logits_to_keep, budget,
+                                                 self.temperature, compute_entropy)
+        return logps, entropies, None
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
