@@ -177,6 +177,11 @@ def trie_pack(sequences: Sequence[Sequence[int]], weights: Sequence[Sequence[flo
         positions: per sequence, the position id of each token (default 0, 1, 2, ...); tokens are
             shared only where token and position agree.
 
+    Cuts: subtree sizes (summed bottom-up) give the highest subtrees that fit the budget together
+    with their ancestor path; these units go into packs first-fit, largest first, by marginal cost
+    (the unit plus the part of its ancestor path the pack lacks), so a prompt shared by many
+    completions is repeated only as often as the budget forces.
+
     Returns:
         Packs such that Σ_packs Σ_j weight[j]·NLL(logits[parent[j]], input_ids[j]) equals the
         unpacked Σ_s Σ_t weights[s][t]·NLL, in loss and gradients.
