@@ -116,7 +116,7 @@ def trie_loss(model, seqs, weights, start):
 
     total = 0.0
     for pack in trie_pack(seqs, weights, token_budget=sum(map(len, seqs))):
-        logp, _ = trie_logprobs(model, pack)
+        logp, _ = trie_logprobs(model, pack, nodes=pack.weight != 0)
         total = total - (pack.weight * logp).sum()
     return total
 

@@ -172,6 +172,13 @@ def test_entropy_and_temperature_match_the_unpacked_distribution():
             torch.testing.assert_close(logp[idx], ref.gather(-1, torch.tensor(seq[1:])[:, None])[:, 0])
             torch.testing.assert_close(ent[idx], -(ref.exp() * ref).sum(-1))
     assert logp[0] == 0 and ent[0] == 0
+    needed = pack.weight > 0
+    needed[2] = False
+    with torch.no_grad():
+        some, some_ent = trie_logprobs(model, pack, temperature=0.7, entropy=True, nodes=needed)
+    torch.testing.assert_close(some[needed], logp[needed])
+    torch.testing.assert_close(some_ent[needed], ent[needed])
+    assert (some[~needed] == 0).all() and (some_ent[~needed] == 0).all()
 
 
 def test_pack_layout_is_the_documented_one():

@@ -319,14 +319,20 @@ def trie_forward(model, pack: TriePack, rows: torch.Tensor | None = None) -> tor
     return logits if rows is not None or impl != "flex_attention" else logits[:n]
 
 
-def trie_logprobs(model, pack: TriePack, temperature: float = 1.0,
-                  entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def trie_logprobs(model, pack: TriePack, temperature: float = 1.0, entropy: bool = False,
+                  nodes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per node, log p(its token | its ancestors) [N] (0 at roots), and optionally the entropy [N] of
-    that distribution; only the parents' rows go through the output head.
+    that distribution.
+
+    `nodes` (bool [N]) picks the nodes whose log-probs are needed (default: all; e.g. `pack.weight
+    != 0`); the others get 0, and only the parents of the needed ones go through the output head,
+    which on a large vocabulary is a good share of the compute.
 
     >>> # logp, _ = trie_logprobs(model, pack); loss = -(pack.weight.to(logp) * logp).sum()
     """
     has = pack.parent >= 0
+    if nodes is not None:
+        has &= nodes.cpu().bool()
     rows, inverse = torch.unique(pack.parent[has], return_inverse=True)
     device = next(model.parameters()).device
     if not len(rows):
@@ -360,17 +366,21 @@ def trie_row_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                       positions=[c.tolist() for c in columns])
     logps = entropies = None
     rows = torch.repeat_interleave(torch.arange(len(columns)), torch.tensor([len(c) for c in columns]))
+    first = mask.shape[1] - logits_to_keep
     for pack in packs:
-        logp, ent = trie_logprobs(model, pack, temperature, entropy)
+        seqs = sorted(pack.token_index)
+        kept = [columns[s] >= first for s in seqs]
+        index = torch.cat([pack.token_index[s][k] for s, k in zip(seqs, kept)])
+        nodes = torch.zeros(len(pack), dtype=torch.bool)
+        nodes[index] = True
+        logp, ent = trie_logprobs(model, pack, temperature, entropy, nodes)
         if logps is None:
             logps = logp.new_zeros(mask.shape)
             entropies = logp.new_zeros(mask.shape) if entropy else None
-        seqs = sorted(pack.token_index)
-        index = torch.cat([pack.token_index[s] for s in seqs]).to(logp.device)
-        where = (torch.cat([rows[rows == s] for s in seqs]).to(logp.device),
-                 torch.cat([columns[s] for s in seqs]).to(logp.device))
+        index = index.to(logp.device)
+        where = (torch.cat([rows[rows == s][k] for s, k in zip(seqs, kept)]).to(logp.device),
+                 torch.cat([columns[s][k] for s, k in zip(seqs, kept)]).to(logp.device))
         logps = logps.index_put(where, logp[index])
         if entropy:
             entropies = entropies.index_put(where, ent[index])
-    keep = slice(mask.shape[1] - logits_to_keep, None)
-    return logps[:, keep], entropies[:, keep] if entropy else None
+    return logps[:, first:], entropies[:, first:] if entropy else None

@@ -99,7 +99,7 @@ class TrieTrainerMixin:
         packs = [TriePack(**p) for p in inputs["packs"]]
         total = 0.0
         for pack in packs:
-            logp, _ = trie_logprobs(model, pack)
+            logp, _ = trie_logprobs(model, pack, nodes=pack.weight != 0)
             total = total - (pack.weight.to(logp) * logp).sum()
         local = sum(p.weight.sum() for p in packs)
         loss = total / torch.as_tensor(local if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
