@@ -65,6 +65,8 @@ JOBS: dict[str, Job] = {
                           "convert embedded GGUF models to a safetensors cache once"),
     "models list": Job("autothink.models.loading", "ListConfig", "run_list", "list the embedded models"),
     "tasks list": Job("autothink.tasks.suites", "ListConfig", "run_list", "list the built-in task suites"),
+    "agent import": Job("autothink.tasks.importers", "ImportConfig", "run_import",
+                        "agent logs (OpenAI-style JSONL, OpenHands, Claude Code) to trajectory JSONL"),
     "tasks export": Job("autothink.tasks.suites", "ExportConfig", "run_export", "write a suite as tasks JSONL"),
 }
 
