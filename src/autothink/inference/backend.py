@@ -9,6 +9,9 @@
 over HTTP it is sent as `chat_template_kwargs={"thinking": ...}` (vLLM's convention). Under a forced
 mode the completion text starts *after* the forced prefix (`autothink.format.forced_prefix`).
 
+`tools=` shows OpenAI tool schemas to the model (rendered by the chat template locally, sent as
+`tools` over HTTP); its calls come back in the text as `<tool_call>` blocks.
+
 `prefix=` continues an assistant reply that is already partly written (how a thinking budget forces
 `</think><answer>`): locally it is appended after the rendered generation prompt; over HTTP it is
 sent as a final assistant message with vLLM's `continue_final_message=True`. `stream` yields a
@@ -115,6 +118,7 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    supports_tools: bool = False
     supports_prefix: bool = False
     supports_cancel: bool = False
     context_length: int | None = None
@@ -130,6 +134,7 @@ class Backend(ABC):
         thinking: str | None = None,
         prefix: str | Sequence[str] | None = None,
         cancel: Callable[[], bool] | None = None,
+        tools: list[dict] | None = None,
     ) -> list[list[Completion]]:
         """One list of `params.n` completions per conversation, in the order given.
 
@@ -139,6 +144,8 @@ class Backend(ABC):
                 and is not part of the completion text.
             cancel: polled while generating on backends that `supports_cancel`; once it returns
                 True the completions end where they are (finish reason "length").
+            tools: OpenAI tool schemas shown to the model (backends that `supports_tools`); tool
+                calls come back in the text as `<tool_call>` blocks (`tasks.tool_calls`).
 
         Raises:
             ValueError: a bad `thinking` or `prefix`, or a prefix for a backend that cannot
@@ -152,6 +159,12 @@ class Backend(ABC):
         if not conversations:
             return []
         extra = {"cancel": cancel} if cancel is not None and self.supports_cancel else {}
+        if tools:
+            if not self.supports_tools:
+                raise ValueError(f"{type(self).__name__} cannot show tools to its model")
+            if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+                raise ValueError("tools must be a list of OpenAI tool schemas (objects)")
+            extra["tools"] = tools
         if prefixes is None:
             return self._generate(conversations, params, thinking, **extra)
         if not self.supports_prefix:

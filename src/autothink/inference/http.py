@@ -116,6 +116,7 @@ class HTTPBackend(Backend):
         cache_dir: directory for the on-disk response cache (None: no cache).
     """
 
+    supports_tools = True
     supports_prefix = True
 
     def __init__(
@@ -190,7 +191,8 @@ class HTTPBackend(Backend):
                 ) from err
 
     def request_for(
-        self, conversation: Conversation, params: SamplingParams, thinking: str | None, prefix: str = ""
+        self, conversation: Conversation, params: SamplingParams, thinking: str | None, prefix: str = "",
+        tools: list[dict] | None = None,
     ) -> dict:
         """The full description of one request: the cache key and the source of the request body."""
         request = {
@@ -207,6 +209,8 @@ class HTTPBackend(Backend):
         }
         if prefix:  # only then: cache keys of plain requests stay as they were
             request["prefix"] = prefix
+        if tools:
+            request["tools"] = tools
         return request
 
     def _generate(
@@ -215,9 +219,10 @@ class HTTPBackend(Backend):
         params: SamplingParams,
         thinking: str | None,
         prefixes: list[str] | None = None,
+        tools: list[dict] | None = None,
     ) -> list[list[Completion]]:
         prefixes = prefixes or [""] * len(conversations)
-        requests = [self.request_for(c, params, thinking, p) for c, p in zip(conversations, prefixes)]
+        requests = [self.request_for(c, params, thinking, p, tools) for c, p in zip(conversations, prefixes)]
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)), thread_name_prefix="llm-http")
         try:
             futures = [pool.submit(self._complete, r) for r in requests]
@@ -255,6 +260,8 @@ class HTTPBackend(Backend):
         )
         if request["stop"]:
             kwargs["stop"] = request["stop"]
+        if request.get("tools"):
+            kwargs["tools"] = request["tools"]
         if seed is not None:
             kwargs["seed"] = seed
         if request.get("prefix"):
@@ -297,6 +304,13 @@ def _choice_text(choice) -> str:
         return ""
     reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
     content = message.content or ""
+    for call in getattr(message, "tool_calls", None) or []:  # a server's tool parser: back to the model's text
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except (json.JSONDecodeError, TypeError):
+            arguments = call.function.arguments
+        block = json.dumps({"name": call.function.name, "arguments": arguments}, ensure_ascii=False)
+        content += f"\n<tool_call>\n{block}\n</tool_call>"
     return f"<think>{reasoning}</think>{content}" if isinstance(reasoning, str) and reasoning else content
 
 

@@ -28,6 +28,7 @@ from autothink.inference.backend import (
     SamplingParams,
     check_thinking,
 )
+from autothink.tasks.tool_calls import chat_message
 
 
 class LocalBackend(Backend):
@@ -48,6 +49,7 @@ class LocalBackend(Backend):
         name: the model name reported by `name` (and by `autothink serve`).
     """
 
+    supports_tools = True
     supports_prefix = True
     supports_cancel = True
 
@@ -86,9 +88,13 @@ class LocalBackend(Backend):
         return cls(model, tokenizer, **kw)
 
     # -- prompts ---------------------------------------------------------------------------
-    def render(self, conversation: Conversation, thinking: str | None = None) -> str:
-        """The prompt text for one conversation (chat template, generation prompt, forced mode)."""
+    def render(self, conversation: Conversation, thinking: str | None = None, tools: list[dict] | None = None) -> str:
+        """The prompt text for one conversation (chat template, generation prompt, forced mode, tools)."""
         extra = {} if thinking is None else {"thinking": thinking}
+        if tools:
+            extra["tools"] = tools
+        if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
+            conversation = [chat_message(m) for m in conversation]  # tool-call arguments as objects
         try:
             text = self.tokenizer.apply_chat_template(
                 conversation, add_generation_prompt=True, tokenize=False, **extra
@@ -96,7 +102,8 @@ class LocalBackend(Backend):
         except Exception as err:  # jinja errors, bad message structure
             raise ValueError(f"could not render the conversation with the chat template: {err}") from err
         if thinking in MODES:
-            plain = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            plain = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False,
+                                                       tools=tools or None)
             if plain == text:
                 raise ValueError(
                     f"thinking={thinking!r} has no effect: the chat template does not use a `thinking` variable; "
@@ -105,12 +112,13 @@ class LocalBackend(Backend):
         return text
 
     def _encode(
-        self, conversations: Sequence[Conversation], thinking: str | None, prefixes: Sequence[str] | None = None
+        self, conversations: Sequence[Conversation], thinking: str | None, prefixes: Sequence[str] | None = None,
+        tools: list[dict] | None = None,
     ) -> list[list[int]]:
         # The chat template already holds BOS and the like: no extra special tokens.
         prefixes = prefixes or [""] * len(conversations)
         return [
-            self.tokenizer(self.render(c, thinking) + p, add_special_tokens=False)["input_ids"]
+            self.tokenizer(self.render(c, thinking, tools) + p, add_special_tokens=False)["input_ids"]
             for c, p in zip(conversations, prefixes)
         ]
 
@@ -126,8 +134,9 @@ class LocalBackend(Backend):
         thinking: str | None,
         prefixes: list[str] | None = None,
         cancel: Callable[[], bool] | None = None,
+        tools: list[dict] | None = None,
     ) -> list[list[Completion]]:
-        call = _Call(self._encode(conversations, thinking, prefixes), params, cancel)
+        call = _Call(self._encode(conversations, thinking, prefixes, tools), params, cancel)
         with self._cv:
             self._pending.append(call)
             while not call.done and self._running:

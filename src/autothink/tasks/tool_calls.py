@@ -90,17 +90,20 @@ def ensure_tool_template(tokenizer) -> bool:
     return True
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[dict], list[str]]:
+INVALID_CALL = "invalid_tool_call"
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[dict], dict[int, str]]:
     """Split an assistant reply into its text and its `<tool_call>` blocks; never raises.
 
     Returns:
         `(content, tool_calls, errors)`: `content` is the text outside the blocks (stripped);
         `tool_calls` are OpenAI-style `{"id", "type": "function", "function": {"name", "arguments"}}`
         with `arguments` a JSON string; a block that is not `{"name": str, "arguments": object}`
-        JSON becomes a call named `"invalid_tool_call"` whose arguments hold the raw text, and an
-        entry in `errors` saying what was wrong (the environment answers it with that error).
+        JSON becomes a call named `INVALID_CALL` whose arguments hold the raw text, and `errors`
+        maps its index to what was wrong (the environment answers it with that error).
     """
-    calls, errors, pieces, pos = [], [], [], 0
+    calls, errors, pieces, pos = [], {}, [], 0
     for match in re.finditer(re.escape(TOOL_CALL) + r"(.*?)(?:" + re.escape(TOOL_CALL_END) + r"|\Z)", text, re.S):
         pieces.append(text[pos:match.start()])
         pos = match.end()
@@ -118,11 +121,36 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict], list[str]]:
         if not match.group(0).endswith(TOOL_CALL_END):
             problem = problem or f"unterminated {TOOL_CALL}"
         if problem:
-            errors.append(f"tool call {len(calls)}: {problem}")
+            errors[len(calls)] = problem
             calls.append({"id": call_id, "type": "function",
-                          "function": {"name": "invalid_tool_call", "arguments": json.dumps({"text": raw})}})
+                          "function": {"name": INVALID_CALL, "arguments": json.dumps({"text": raw})}})
             continue
         calls.append({"id": call_id, "type": "function",
                       "function": {"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))}})
     pieces.append(text[pos:])
     return "".join(pieces).strip(), calls, errors
+
+
+def chat_message(message: dict) -> dict:
+    """A message as chat templates take it: tool-call arguments as objects, no status fields."""
+    out = {"role": message["role"], "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        calls = []
+        for call in message["tool_calls"]:
+            arguments = call["function"].get("arguments", {})
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments) if arguments.strip() else {}
+                except json.JSONDecodeError:
+                    pass  # rendered as the string the model wrote
+            calls.append({"id": call.get("id"), "type": "function",
+                          "function": {"name": call["function"]["name"], "arguments": arguments}})
+        out["tool_calls"] = calls
+    if message["role"] == "tool":
+        out["tool_call_id"] = message.get("tool_call_id")
+        if message.get("name"):
+            out["name"] = message["name"]
+    for key in ("reasoning_content",):
+        if message.get(key):
+            out[key] = message[key]
+    return out

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -42,6 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from autothink.records.jsonl import RecordError, read_jsonl, write_jsonl
+from autothink.tasks.tool_calls import chat_message
+
+logger = logging.getLogger(__name__)
 
 EVENT_TYPES = ("compaction", "condensation", "truncation", "mode_switch")
 _ROLES = ("system", "user", "assistant", "tool")
@@ -216,8 +220,11 @@ def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
         RecordError: a bad line, naming the file, the line, the trajectory id and the field; or a
             duplicate id; or a file with no trajectories.
     """
-    out, seen = [], {}
+    out, seen, raised = [], {}, []
     for line, data in read_jsonl(path):
+        if data.get("status") == "error" and "messages" not in data:
+            raised.append(data.get("id"))  # an `agent collect` episode that raised: reported, retried on rerun
+            continue
         try:
             trajectory = check_trajectory(data)
         except ValueError as err:
@@ -226,6 +233,9 @@ def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
             raise RecordError(path, line, f"duplicate id {trajectory.id!r} (first on line {seen[trajectory.id]})")
         seen[trajectory.id] = line
         out.append(trajectory)
+    if raised:
+        logger.warning("%s: %d episodes that raised are left out (e.g. %r); rerun `agent collect` to retry them",
+                       path, len(raised), raised[0])
     if not out:
         raise RecordError(path, 0, "no trajectories")
     return out
@@ -308,31 +318,6 @@ def llm_calls(trajectory: Trajectory, rule: FailureRule | None = None, mask_reje
 
 
 # --------------------------------------------------------------------------- rendering and tokens
-
-
-def chat_message(message: dict) -> dict:
-    """A message as chat templates take it: tool-call arguments as objects, no status fields."""
-    out = {"role": message["role"], "content": message.get("content") or ""}
-    if message.get("tool_calls"):
-        calls = []
-        for call in message["tool_calls"]:
-            arguments = call["function"].get("arguments", {})
-            if isinstance(arguments, str):
-                try:
-                    arguments = json.loads(arguments) if arguments.strip() else {}
-                except json.JSONDecodeError:
-                    pass  # rendered as the string the model wrote
-            calls.append({"id": call.get("id"), "type": "function",
-                          "function": {"name": call["function"]["name"], "arguments": arguments}})
-        out["tool_calls"] = calls
-    if message["role"] == "tool":
-        out["tool_call_id"] = message.get("tool_call_id")
-        if message.get("name"):
-            out["name"] = message["name"]
-    for key in ("reasoning_content",):
-        if message.get(key):
-            out[key] = message[key]
-    return out
 
 
 @dataclass

@@ -151,6 +151,14 @@ def build_trainer(config: SFTConfig, model, tokenizer, examples: list[dict], eva
                   callbacks: list | None = None) -> trl.SFTTrainer:
     """An `SFTTrainer` (a `TrieSFTTrainer` with `--packing trie`) on prompt-completion examples (from
     `read_sft_data`) for a prepared student."""
+    return trainer_on(config, model, tokenizer, to_dataset(examples),
+                      to_dataset(eval_examples) if eval_examples else None, callbacks)
+
+
+def trainer_on(config: SFTConfig, model, tokenizer, train_dataset, eval_dataset=None,
+               callbacks: list | None = None) -> trl.SFTTrainer:
+    """An `SFTTrainer` (a `TrieSFTTrainer` with `--packing trie`) on any dataset TRL takes: prompt-completion
+    rows, or tokenised rows with `input_ids` and `labels` (-100: no loss)."""
     check_packing(model, config)
     if "<judge>" not in tokenizer.get_vocab():
         raise ValueError("the tokenizer has no AutoThink tokens; call format.add_autothink_tokens(tokenizer, model)")
@@ -160,9 +168,8 @@ def build_trainer(config: SFTConfig, model, tokenizer, examples: list[dict], eva
     if trie:
         args.packing = False  # TRL tokenises and truncates the rows; the trie trainer packs them
     return (TrieSFTTrainer if trie else trl.SFTTrainer)(
-        model=model, args=args, processing_class=tokenizer, train_dataset=to_dataset(examples),
-        eval_dataset=to_dataset(eval_examples) if eval_examples else None, callbacks=callbacks,
-        peft_config=config.peft_config(model, tokenizer),
+        model=model, args=args, processing_class=tokenizer, train_dataset=train_dataset,
+        eval_dataset=eval_dataset, callbacks=callbacks, peft_config=config.peft_config(model, tokenizer),
     )
 
 
@@ -189,17 +196,36 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
         logger.warning("the chat template does not end the assistant turn with EOS (%r); the model may not learn to "
                        "stop. Set --eos_token to the template's end-of-turn token.", tokenizer.eos_token)
     trainer = build_trainer(config, model, tokenizer, examples, eval_examples, callbacks)
+    print(f"sft: {stats['records']} samples {stats['modes']}, {stats['tokens']} tokens, packing "
+          f"{packing_line(trainer, config, stats)} ({model.config._attn_implementation}) -> {config.output_dir}"
+          + (f"; resuming from {resume}" if resume else ""))
+    summary = train_and_save(trainer, config, model, tokenizer, resume, "sft", stats, {
+        "stage": "cold-start SFT (response-only loss)", "data": config.data, "samples": stats["records"],
+        "modes": ", ".join(f"{k}: {v}" for k, v in stats["modes"].items())})
+    print(f"sft: {summary['global_step']} steps, loss {summary['first_loss']} -> {summary['last_loss']} -> "
+          f"{config.output_dir}")
+    return config.output_dir
+
+
+def packing_line(trainer, config: SFTConfig, stats: dict) -> str:
+    """How the rows are packed, for the start line (a trie's R goes into `stats` too)."""
     packing = config.packing_strategy if config.packing else "off"
     if isinstance(trainer, TrieSFTTrainer):
         stats["trie"] = trainer.packing_stats
         packing += (f" ({trainer.packing_stats['unpacked_tokens']} -> {trainer.packing_stats['trie_tokens']} tokens, "
                     f"R = {trainer.packing_stats['ratio']:.2f})")
-    print(f"sft: {stats['records']} samples {stats['modes']}, {stats['tokens']} tokens, packing {packing} "
-          f"({model.config._attn_implementation}) -> {config.output_dir}"
-          + (f"; resuming from {resume}" if resume else ""))
+    return packing
+
+
+def train_and_save(trainer, config: SFTConfig, model, tokenizer, resume: str | None, name: str, stats: dict,
+                   card: dict) -> dict:
+    """Train (resuming from `resume`), save the model, the state, the metrics, `<name>.json` and the model card.
+
+    Returns the summary written to `<name>.json`.
+    """
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
-    if eval_examples:
+    if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     model.config.use_cache = True  # the trainer turns the KV cache off for training; generation needs it back
     save_trained(trainer, tokenizer, config.output_dir)  # model + tokenizer (with the thinking chat template)
@@ -214,12 +240,10 @@ def run_sft(config: SFTConfig, callbacks: list | None = None) -> str:
         "resumed_from": resume, "global_step": trainer.state.global_step, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "metrics": metrics, "config": json.loads(config.to_json_string()),
     }
-    (out / "sft.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if trainer.is_world_process_zero():
-        write_model_card(out, config.model, "sft", {
-            "stage": "cold-start SFT (response-only loss)", "data": config.data, "samples": stats["records"],
-            "modes": ", ".join(f"{k}: {v}" for k, v in stats["modes"].items()), "steps": trainer.state.global_step,
+        write_model_card(out, config.model, name, {
+            **card, "steps": trainer.state.global_step,
             "loss, first -> last": f"{summary['first_loss']} -> {summary['last_loss']}",
             "learning rate": config.learning_rate})
-    print(f"sft: {trainer.state.global_step} steps, loss {summary['first_loss']} -> {summary['last_loss']} -> {out}")
-    return str(out)
+    return summary
