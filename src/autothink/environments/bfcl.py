@@ -156,7 +156,10 @@ class BFCLEnvironment:
         return [s for s in tool_schemas(self) if self.hidden.get(s["function"]["name"], -1) <= self.turn]
 
     def _finish_turn(self) -> None:
-        """Run the turn's ground-truth calls on the twins and compare every simulator's state (BFCL's check)."""
+        """Run the turn's ground-truth calls on the twins and compare every simulator's state (BFCL's own
+        `state_checker`: the public attributes of each)."""
+        from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import state_checker
+
         if self.turn >= len(self.truth) or len(self.matches) > self.turn:
             return
         for text in self.truth[self.turn]:
@@ -165,7 +168,7 @@ class BFCLEnvironment:
             method = getattr(self.twins[api], name)
             positional = arguments.pop("__args__")
             method(*positional, **arguments)
-        self.matches.append(all(_same_state(self.instances[a], self.twins[a]) for a in self.APIS))
+        self.matches.append(state_checker(self.instances, self.twins)["valid"])
 
     def _next_question(self) -> list[dict] | None:
         """Close the current turn; the next turn's user messages ([] for a turn that only reveals a function),
@@ -188,10 +191,6 @@ def _simulator(api: str, config: dict, long_context: bool):
     if api not in STATELESS:
         instance._load_scenario(copy.deepcopy(config.get(api, {})), long_context=bool(long_context))
     return instance
-
-
-def _same_state(model, twin) -> bool:
-    return all(getattr(model, k) == v for k, v in vars(twin).items() if not k.startswith("_"))
 
 
 @functools.lru_cache(maxsize=None)
