@@ -8,6 +8,7 @@ from autothink.algorithms.advantages import (
     group_normalize,
     rescale_advantages,
     sample_entropy,
+    step_srpo_advantages,
 )
 from autothink.algorithms.masks import (
     SEG_JUDGE,
@@ -418,3 +419,23 @@ def test_policy_loss_token_level_mean_and_broadcast():
     assert loss0.item() == 0.0
 
 
+
+
+def test_step_srpo_advantages_use_the_whole_group_as_the_judge_baseline():
+    # Group 0: two free rollouts chose off (wrong, r_J 0), forced on showed m* = on (r_J 1), forced off r_J 0.
+    # Group 1: free rollouts split; the forced ones only move the baseline.
+    r_j = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    r_a = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.5, 0.0])
+    groups = [0, 0, 0, 0, 1, 1, 1, 1]
+    forced = [False, False, True, True, False, False, True, True]
+    a_j, a_a = step_srpo_advantages(r_j, r_a, groups, forced, eps=0.0)
+    # group 0: mean 0.25, sample std sqrt(0.75 / 3) = 0.5; group 1: mean 0.5, sample std sqrt(1 / 3)
+    s1 = (1 / 3) ** 0.5
+    assert a_j.tolist() == pytest.approx([-0.5, -0.5, 0.0, 0.0, 0.5 / s1, -0.5 / s1, 0.0, 0.0])
+    assert a_a.tolist() == pytest.approx(group_normalize(r_a, groups, eps=0.0).tolist())
+    # the free-only baseline this replaces: no signal at all for group 0's wrong choices
+    assert group_normalize(r_j, groups, include=[not f for f in forced], eps=0.0)[:2].tolist() == [0.0, 0.0]
+    a_j, _ = step_srpo_advantages(r_j, r_a, groups, forced, scale=False)
+    assert a_j[:2].tolist() == [-0.25, -0.25]
+    with pytest.raises(ValueError, match="forced"):
+        step_srpo_advantages(r_j, r_a, groups, forced[:3])

@@ -19,7 +19,7 @@ from autothink.algorithms import (
 )
 from autothink.algorithms.schedule import forced_modes
 from autothink.config import parse_config
-from autothink.format import MODE_TOKENS, add_autothink_tokens, forced_prefix, parse
+from autothink.format import MODE_TOKENS, THINK_OFF, add_autothink_tokens, forced_prefix, parse
 from autothink.models import tiny_model
 from autothink.records.jsonl import RecordError, write_jsonl
 from autothink.records.rl_prompts import read_rl_prompts
@@ -173,7 +173,8 @@ def test_scripted_batch_gets_segment_advantages_of_the_core_functions(policy, pr
     # By hand, group 0: p_on = p_off = 1/2 -> m* = off; the forced-on rollout is right in the wrong mode (γ).
     assert m_star[0] == "off" and r_j[:2].tolist() == [1.0, 0.0] and r_a[:2].tolist() == [1.0, 0.0]
     assert r_a[2 + modes[2:4].index("on")] == 0.5
-    a_j = group_normalize(r_j, groups, include=[not f for f in is_forced])
+    # The judge baseline is the whole group, forced rollouts included; forced rollouts get no judge advantage.
+    a_j = group_normalize(r_j, groups) * torch.tensor([0.0 if f else 1.0 for f in is_forced])
     a_a = group_normalize(r_a, groups)
     segments, mask = segment_ids(out["completion_ids"], trainer.tag_ids, is_forced, out["completion_mask"],
                                  [len(tok(forced_prefix(m), add_special_tokens=False).input_ids) if m else 0
@@ -204,6 +205,49 @@ def test_scripted_batch_gets_segment_advantages_of_the_core_functions(policy, pr
     trainer.current_gradient_accumulation_steps = 1
     expected, _ = policy_loss(logps, out["old_per_token_logps"], out["advantages"], mask)
     torch.testing.assert_close(trainer.compute_loss(trainer.model, out), expected)
+
+
+def test_free_rollouts_all_in_the_wrong_mode_get_a_negative_judge_advantage(policy, prompts_file, tmp_path,
+                                                                             monkeypatch):
+    """The audit scenario: every free rollout thinks off and is wrong, the forced think-on rollout is right.
+    A baseline over free rollouts only gave their mode tokens 0; the whole-group baseline pushes them down."""
+    trainer = _trainer(policy, prompts_file, tmp_path)
+    tok = trainer.processing_class
+    g0 = _gold(TASKS[0])
+    prefix_of = {tuple(ids): m for m, ids in trainer.prefix_ids.items()}
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for ids in prompt_ids:
+            mode = prefix_of.get(tuple(ids[-len(trainer.prefix_ids["on"]):]))
+            text = {None: "<judge>easy</judge><think_off><answer>999</answer>", "on": f"x</think><answer>{g0}</answer>",
+                    "off": "999</answer>"}[mode]
+            out.append(tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id])
+        return out, None
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted)
+    row = dict(list(trainer.train_dataset)[0])
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dict(row) for _ in range(8)])
+    modes = forced_modes(8, 0, 4, 0.5, seed=0, step=0)
+    off = tok.convert_tokens_to_ids(THINK_OFF)
+    for i, m in enumerate(modes):
+        if m is None:  # a free rollout: its own <think_off> is trained, with a negative advantage
+            at = (out["completion_ids"][i] == off).nonzero()[0, 0]
+            assert out[LOSS_MASK][i, at] == 1 and out["advantages"][i, at] < 0
+    # Through TRL's loss: a gradient step lowers log p(<think_off>) where the free rollouts chose it.
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    attn = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attn, out["completion_ids"].size(1))
+    out["old_per_token_logps"] = logps.detach()
+    trainer.current_gradient_accumulation_steps = 1
+    free = [i for i, m in enumerate(modes) if m is None]
+    at = [(out["completion_ids"][i] == off).nonzero()[0, 0].item() for i in free]
+    logps.retain_grad()
+    expected, _ = policy_loss(logps, out["old_per_token_logps"], out["advantages"], out[LOSS_MASK].float())
+    expected.backward()
+    assert all(logps.grad[i, a] > 0 for i, a in zip(free, at))  # d loss / d log p > 0: descent lowers it
+    torch.testing.assert_close(trainer.compute_loss(trainer.model, out), expected.detach())
 
 
 # --------------------------------------------------------------------------- end to end

@@ -13,6 +13,7 @@ is tested alone and could move to another engine. One module per concern:
 from autothink.algorithms.advantages import group_normalize as group_normalize
 from autothink.algorithms.advantages import rescale_advantages as rescale_advantages
 from autothink.algorithms.advantages import sample_entropy as sample_entropy
+from autothink.algorithms.advantages import step_srpo_advantages as step_srpo_advantages
 from autothink.algorithms.masks import SEG_JUDGE as SEG_JUDGE
 from autothink.algorithms.masks import SEG_NONE as SEG_NONE
 from autothink.algorithms.masks import SEG_RESPONSE as SEG_RESPONSE

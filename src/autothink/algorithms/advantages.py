@@ -5,8 +5,7 @@ transformers import (DESIGN §2), so the trainer is a thin caller and every form
 CPU test. The pipeline for one Step-SRPO batch of N = prompts × G rollouts:
 
     r_J, r_A, m* = step_srpo_rewards(modes, correct, forced, well_formed, group_ids)   # rewards.py
-    A_J = group_normalize(r_J, group_ids, include=[not f for f in forced])
-    A_A = group_normalize(r_A, group_ids)
+    A_J, A_A = step_srpo_advantages(r_J, r_A, group_ids, forced)
     A_J, A_A = (rescale_advantages(A, group_ids, correct, entropy, lam, mu) for A in (A_J, A_A))
     segments, loss_mask = segment_ids(completion_ids, tag_ids, forced, completion_mask)  # masks.py
     adv = segment_advantages(segments, A_J, A_A)                       # [B, T]
@@ -65,6 +64,36 @@ def group_normalize(
         safe = denom.clamp(min=torch.finfo(denom.dtype).tiny)
         adv = torch.where(denom > 0, adv / safe, torch.zeros_like(adv))
     return adv * inc
+
+
+def step_srpo_advantages(judge_reward, answer_reward, group_ids, forced, eps: float = 1e-4,
+                         scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step-SRPO's two advantages per sample (DESIGN §4, §6): r_J and r_A, each group-normalised.
+
+    The judge baseline is the whole group, forced rollouts included: when every free rollout
+    picks the same, wrong mode and a forced rollout shows the right one, the free rollouts' r_J
+    sits below the group mean and their mode tokens get a negative advantage (a baseline over
+    free rollouts only gives them 0, no signal exactly where it is needed). A forced rollout
+    gets no judge advantage itself: its mode was not its choice. r_A is plain GRPO.
+
+    Args:
+        judge_reward, answer_reward: float [N] (`step_srpo_rewards`).
+        group_ids: N hashable ids. forced: N bools.
+        eps, scale: as `group_normalize` (scale False: Dr. GRPO's r - mean).
+
+    Returns:
+        (judge_adv, answer_adv), float [N] each.
+
+    >>> a_j, _ = step_srpo_advantages(torch.tensor([0., 0., 1., 0.]), torch.zeros(4), [0] * 4,
+    ...                               [False, False, True, True], eps=0.0)
+    >>> a_j.tolist()    # free rollouts both chose the wrong mode; the forced one that showed the right mode
+    [-0.5, -0.5, 0.0, 0.0]
+    """
+    judge_reward = torch.as_tensor(judge_reward).float()
+    forced = torch.as_tensor(forced, dtype=torch.bool).reshape(-1)
+    check_lengths("forced", forced, judge_reward.shape[0])
+    judge_adv = group_normalize(judge_reward, group_ids, eps=eps, scale=scale).masked_fill(forced, 0.0)
+    return judge_adv, group_normalize(torch.as_tensor(answer_reward).float(), group_ids, eps=eps, scale=scale)
 
 
 def sample_entropy(token_entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -65,9 +65,9 @@ from accelerate.utils import gather_object
 from torch.utils.data import Sampler
 
 from autothink.algorithms.advantages import (
-    group_normalize,
     rescale_advantages,
     sample_entropy,
+    step_srpo_advantages,
 )
 from autothink.algorithms.masks import segment_advantages, segment_ids, segment_lengths
 from autothink.algorithms.rewards import (
@@ -351,8 +351,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         s, args = self._scored, self.args
         scale = self.scale_rewards != "none"
         forced = [r["forced"] for r in s.rows]
-        judge_adv = group_normalize(s.judge, s.groups, scale=scale, include=[not f for f in forced])
-        answer_adv = group_normalize(s.answer, s.groups, scale=scale)
+        judge_adv, answer_adv = step_srpo_advantages(s.judge, s.answer, s.groups, forced, scale=scale)
         if args.lam or args.mu:
             entropy = (self.accelerator.gather(self._rollout_entropy(output, loss_mask)).cpu() if args.mu
                        else torch.zeros(len(s.rows)))
