@@ -202,6 +202,14 @@ def test_coldstart_votes_and_renders_judge_then_answer():
     config = ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=1.0)
     directed = coldstart_record(MATH, {"on": on, "off": on, "judge": judge}, PROMPTS, config)
     assert detect_directive(directed["messages"][0]["content"]) == directed["mode"] == directed["label"]["mode"]
+    assert out["prior_mode"] == "on" and tie["prior_mode"] == "off"
+    # The RL prior is the vote, whatever a directive or the random draw made the SFT row's mode.
+    for fractions in ({"directive_fraction": 1.0}, {"random_fraction": 1.0}):
+        for seed in range(8):
+            config = ColdstartConfig(samples=2, **{"random_fraction": 0.0, "directive_fraction": 0.0, **fractions},
+                                     seed=seed)
+            labelled = coldstart_record(MATH, {"on": on, "off": off, "judge": judge}, PROMPTS, config)
+            assert labelled["label"]["source"] != "vote" and labelled["prior_mode"] == "on"
 
 
 def test_judge_rationale_keeps_two_sentences_of_the_first_paragraph():

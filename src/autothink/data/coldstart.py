@@ -3,8 +3,9 @@
 Per query: n samples in each mode, verified; the mode with the higher pass rate wins, ties
 (within δ) go to think-off. 1% of queries get a random mode; a fraction of prompts carry a user
 directive ("DO NOT THINK", "Think deeper", ...) and their mode follows it. A judge writes the
-rationale for the chosen mode, which opens the response. Also writes the RL prompts (with the
-mode label as the prior for Step-SRPO).
+rationale for the chosen mode, which opens the response. Also writes the RL prompts, with the
+vote as the prior mode of Step-SRPO (the tagged regime where there is no vote): a random or
+directive label is a fact about the SFT row, not about which mode is right.
 
 With a `fallback` backend, a query whose chosen mode has no verified sample asks it once (its
 think-on reply must carry reasoning); a query that neither mode solved is labelled with its
@@ -108,7 +109,10 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
     } | {"judge": agents["judge"].backend.name}
     if label.get("response") == "fallback":
         provenance["fallback"] = agents["fallback"].backend.name
-    base = {"id": task.id, "pass_rates": rates, "label": label, "provenance": provenance}
+    # Step-SRPO's prior comes from the vote (or, unvoted, the tag), never from a random or directive label.
+    voted = rates["on"] is not None and not unsolved
+    prior = vote_mode(rates["on"], rates["off"], config.delta) if voted else record["regime"]
+    base = {"id": task.id, "pass_rates": rates, "label": label, "prior_mode": prior, "provenance": provenance}
     if not usable:
         return base | {"status": "rejected", "reason": f"no verified think-{mode} response"}
     rationale = agents["judge"].ask(
@@ -152,7 +156,7 @@ def run_coldstart(config: ColdstartConfig, backends: Backends | None = None) -> 
             "id": q["id"], "prompt": q["messages"], "verifier": q["verifier"],
             "reference": json.dumps(q["reference"]),  # one string type, whatever the verifier's reference
             "difficulty": q["difficulty"], "domain": q["domain"],
-            "prior_mode": by_id[q["id"]]["label"]["mode"] if "label" in by_id[q["id"]] else q["regime"],
+            "prior_mode": by_id[q["id"]].get("prior_mode", q["regime"]),
         }
         for q in records if q.get("verifier") is not None
     ))
