@@ -368,10 +368,11 @@ def test_history_resample():
     }
     order = ["unseen", "all_right", "mixed_answer", "mixed_judge", "all_wrong", "scalar_same",
              "scalar_mixed", "one_rollout"]
-    assert history_resample(order, rec) == ["unseen", "mixed_answer", "mixed_judge", "scalar_mixed",
-                                            "one_rollout"]
-    assert history_resample(order, rec, keep_unsolved=True) == [
+    # SRPO's rule by default: only the all-correct prompts go; the all-failed ones may become solvable
+    assert history_resample(order, rec) == [
         "unseen", "mixed_answer", "mixed_judge", "all_wrong", "scalar_mixed", "one_rollout"]
+    assert history_resample(order, rec, keep_unsolved=False) == ["unseen", "mixed_answer", "mixed_judge",
+                                                                 "scalar_mixed", "one_rollout"]
     assert history_resample(["a"], {"a": [1.0, 1.0 + 1e-9]}) == []  # within tol
     with pytest.raises(ValueError, match="different lengths"):
         history_resample(["a"], {"a": [(1, 1), (1,)]})

@@ -49,7 +49,7 @@ def forced_modes(n_local: int, process_index: int, group_size: int, fraction: fl
 def history_resample(
     prompt_ids: Sequence[Hashable],
     rewards_per_prompt: Mapping[Hashable, Sequence],
-    keep_unsolved: bool = False,
+    keep_unsolved: bool = True,
     tol: float = 1e-6,
 ) -> list:
     """SRPO history resampling: the prompts of the next epoch.
@@ -58,24 +58,24 @@ def history_resample(
     everywhere (no learning signal) and is dropped. "The same rewards" means every component
     equal across its rollouts (within `tol`): for Step-SRPO pass `(r_J, r_A)` per rollout, so
     a prompt is dropped only when all its r_J are identical AND all its r_A are identical
-    (e.g. every rollout correct in the correct mode). SRPO (Zhang et al. 2025) keeps the
-    all-failed prompts, which may become solvable later; `keep_unsolved=True` does that: an
-    identical prompt is kept when its answer reward (the scalar, or the last component of a
-    tuple) is 0.
+    (e.g. every rollout correct in the correct mode). As SRPO (Zhang et al. 2025) does, the
+    all-failed prompts are kept by default, as they may become solvable later: an identical
+    prompt is kept when its answer reward (the scalar, or the last component of a tuple) is 0;
+    `keep_unsolved=False` drops them too.
 
     Args:
         prompt_ids: the epoch's prompts, in order.
         rewards_per_prompt: prompt id -> its rollouts' rewards (floats or tuples like
             (r_J, r_A)) collected over the epoch. Prompts absent from it (or with fewer than
             two rollouts) are kept: there is no evidence against them.
-        keep_unsolved: keep prompts whose rollouts all scored 0 on the answer reward.
+        keep_unsolved: keep prompts whose rollouts all scored 0 on the answer reward (SRPO's rule, the default).
         tol: absolute tolerance of "same".
 
     Returns:
         The kept prompt ids, in the order of `prompt_ids`.
 
-    >>> history_resample(["a", "b", "c"], {"a": [(1, 1), (1, 1)], "b": [(1, 1), (0, .5)]})
-    ['b', 'c']
+    >>> history_resample(["a", "b", "c", "d"], {"a": [(1, 1), (1, 1)], "b": [(1, 1), (0, .5)], "d": [(1, 0), (1, 0)]})
+    ['b', 'c', 'd']
     """
     kept = []
     for pid in prompt_ids:
@@ -134,11 +134,11 @@ class PromptSchedule:
         stage1_batches: generation batches of stage 1 (0 = no stage 1).
         seed: shuffling seed. shuffle: shuffle prompt order (per pass/epoch).
         resample: apply history resampling between mix epochs.
-        keep_unsolved: keep prompts whose rollouts all failed (SRPO keeps them).
+        keep_unsolved: keep prompts whose rollouts all failed (SRPO keeps them; the default).
     """
 
     def __init__(self, ids: Sequence[str], stage1: Sequence[bool], prompts_per_batch: int, stage1_batches: int = 0,
-                 seed: int = 0, shuffle: bool = True, resample: bool = True, keep_unsolved: bool = False):
+                 seed: int = 0, shuffle: bool = True, resample: bool = True, keep_unsolved: bool = True):
         if len(set(ids)) != len(ids):
             raise ValueError("prompt ids must be unique")
         if prompts_per_batch < 1:

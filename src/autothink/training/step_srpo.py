@@ -140,8 +140,9 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
     history_resampling: bool = field(default=True, metadata={
         "help": "SRPO: after each epoch of the full mix, drop prompts whose unforced rollouts all got the same "
                 "rewards"})
-    history_keep_unsolved: bool = field(default=False, metadata={
-        "help": "history resampling keeps prompts whose rollouts all failed (as SRPO does)"})
+    history_keep_unsolved: bool = field(default=True, metadata={
+        "help": "history resampling keeps prompts whose rollouts all failed, dropping only the all-correct ones "
+                "(SRPO's rule); false drops both"})
 
     # TrainingArguments / GRPOConfig defaults overridden for small CPU runs
     logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
