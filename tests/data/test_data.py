@@ -212,6 +212,24 @@ def test_coldstart_votes_and_renders_judge_then_answer():
             assert labelled["label"]["source"] != "vote" and labelled["prior_mode"] == "on"
 
 
+def test_the_judge_sees_the_chosen_response_and_the_directive():
+    asked = []
+
+    def judge_reply(prompt, i):
+        asked.append(prompt)
+        return "It is a single product."
+
+    on = agent(lambda p, i: "6 sevens: 42\nFinal answer: 42")
+    off = agent(lambda p, i: "Final answer: 40")
+    out = coldstart_record(MATH, {"on": on, "off": off, "judge": agent(judge_reply)}, PROMPTS,
+                           ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=0.0))
+    assert out["mode"] == "on" and "6 sevens: 42\nFinal answer: 42" in asked[-1]
+    assert "the user also wrote" not in asked[-1]
+    directed = coldstart_record(MATH, {"on": on, "off": on, "judge": agent(judge_reply)}, PROMPTS,
+                                ColdstartConfig(samples=2, random_fraction=0.0, directive_fraction=1.0))
+    assert f'the user also wrote: "{directed["label"]["directive"]}"' in asked[-1]
+
+
 def test_judge_rationale_keeps_two_sentences_of_the_first_paragraph():
     assert first_sentences("Needs two steps. The sum is small! Then more? Yes.\n\nSecond paragraph.") == \
         "Needs two steps. The sum is small!"

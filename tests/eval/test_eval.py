@@ -40,6 +40,8 @@ def test_group_metrics_by_hand():
     m = group_metrics(samples, think_budget=100)
     assert m["n"] == 4
     assert m["accuracy"] == 0.5
+    assert m["accuracy_well_formed"] == pytest.approx(2 / 3)  # over the three well-formed replies
+    assert group_metrics([sample(True, well_formed=False)], 10)["accuracy_well_formed"] is None
     assert m["think_on_rate"] == 0.5
     assert m["format_rate"] == 0.75
     assert m["truncated_rate"] == 0.25

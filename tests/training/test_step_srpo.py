@@ -63,6 +63,7 @@ def test_srpo_metrics():
                      lengths={"judge": [3, 2, 0, 0], "think": [5, 0, 0, 4], "answer": [2, 2, 9, 2]})
     assert m["think_on_rate"] == 0.5 and m["judge_accuracy"] == pytest.approx(1 / 3)
     assert m["accuracy_on"] == 1.0 and m["accuracy_off"] == 0.0 and m["format_error_rate"] == 0.25
+    assert m["accuracy"] == 0.5 and m["accuracy_well_formed"] == pytest.approx(2 / 3)  # the malformed one left out
     assert m["tokens_think"] == pytest.approx(5 / 3) and m["tokens_total"] == pytest.approx(29 / 4)
     assert m["domain/code/think_on_rate"] is None and m["domain/math/accuracy"] == 0.5
 

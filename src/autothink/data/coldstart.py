@@ -3,7 +3,8 @@
 Per query: n samples in each mode, verified; the mode with the higher pass rate wins, ties
 (within δ) go to think-off. 1% of queries get a random mode; a fraction of prompts carry a user
 directive ("DO NOT THINK", "Think deeper", ...) and their mode follows it. A judge writes the
-rationale for the chosen mode, which opens the response. Also writes the RL prompts, with the
+rationale for the chosen mode, which opens the response; it sees the query, the response chosen
+and the directive, if any. Also writes the RL prompts, with the
 vote as the prior mode of Step-SRPO (the tagged regime where there is no vote): a random or
 directive label is a fact about the SFT row, not about which mode is right.
 
@@ -55,6 +56,9 @@ def choose_label(record_id: str, p_on: float | None, p_off: float | None, prior:
     if p_on is None or p_off is None:
         return {"mode": prior, "source": "prior", "directive": None}
     return {"mode": vote_mode(p_on, p_off, delta), "source": "vote", "directive": None}
+
+
+RESPONSE_CHARS = 2000  # of the chosen response, shown to the judge that writes the rationale
 
 
 @dataclass
@@ -115,10 +119,12 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
     base = {"id": task.id, "pass_rates": rates, "label": label, "prior_mode": prior, "provenance": provenance}
     if not usable:
         return base | {"status": "rejected", "reason": f"no verified think-{mode} response"}
-    rationale = agents["judge"].ask(
+    directive = label["directive"]
+    rationale = agents["judge"].ask(  # the judge sees the chosen response (and the directive), as the paper's does
         prompts.messages(
             "judge_rationale", query=task.prompt, mode_description="think-on" if mode == "on" else "think-off",
-            needs_reasoning="needs" if mode == "on" else "does not need",
+            needs_reasoning="needs" if mode == "on" else "does not need", response=usable[0][:RESPONSE_CHARS],
+            directive_note=f" (the user also wrote: \"{directive}\")" if directive else "",
         ),
         seed=record_seed(task.id, "rationale"), temperature=0.3,
     )[0]

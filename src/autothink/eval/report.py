@@ -15,6 +15,7 @@ MODE_COLORS = {"auto": "#4C72B0", "on": "#C44E52", "off": "#55A868"}
 COLUMNS = (
     ("n", "n", "{:d}"),
     ("accuracy", "accuracy", "{:.3f}"),
+    ("accuracy_well_formed", "acc. (well-formed)", "{:.3f}"),
     ("think_on_rate", "think-on rate", "{:.3f}"),
     ("format_rate", "well-formed", "{:.3f}"),
     ("truncated_rate", "truncated", "{:.3f}"),

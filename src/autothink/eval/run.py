@@ -233,9 +233,11 @@ def group_metrics(samples: list[dict], think_budget: int) -> dict:
     """Metrics of one group of samples (a suite under one mode, or all suites under one mode)."""
     if not samples:
         raise ValueError("no samples to summarize")
+    well_formed = [s["passed"] for s in samples if s["parsed"]["well_formed"]]
     return {
         "n": len(samples),
         "accuracy": _mean([s["passed"] for s in samples]),
+        "accuracy_well_formed": _mean(well_formed) if well_formed else None,  # malformed replies left out
         "think_on_rate": _mean([s["parsed"]["mode"] == "on" for s in samples]),
         "format_rate": _mean([s["parsed"]["well_formed"] for s in samples]),
         "truncated_rate": _mean([s["finish_reason"] == "length" for s in samples]),

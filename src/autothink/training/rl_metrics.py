@@ -27,7 +27,9 @@ def srpo_metrics(modes, forced, well_formed, correct, correct_mode, judge_reward
 
     think_on_rate: unforced rollouts with a mode, share "on". judge_accuracy: unforced rollouts,
     share with a valid mode equal to m*. accuracy[_on|_off]: verifier pass rate (of rollouts in
-    that mode, forced included). tokens_*: mean generated tokens per segment, unforced rollouts.
+    that mode, forced included); accuracy_well_formed: the pass rate of the well-formed rollouts
+    only (a malformed reply gets no reward, so the raw rate alone overstates what is rewarded).
+    tokens_*: mean generated tokens per segment, unforced rollouts.
     """
     n = len(modes)
     free = [i for i in range(n) if not forced[i]]
@@ -37,6 +39,7 @@ def srpo_metrics(modes, forced, well_formed, correct, correct_mode, judge_reward
         "think_on_rate": _mean(modes[i] == "on" for i in decided),
         "judge_accuracy": _mean(judge_reward[i] for i in free),
         "accuracy": _mean(correct),
+        "accuracy_well_formed": _mean(correct[i] for i in range(n) if well_formed[i]),
         "accuracy_on": _mean(correct[i] for i in range(n) if modes[i] == "on"),
         "accuracy_off": _mean(correct[i] for i in range(n) if modes[i] == "off"),
         "format_error_rate": _mean(not w for w in well_formed),
