@@ -142,14 +142,15 @@ def scripted_config(tasks_file, out, **kw):
 # Hand-computed from REPLIES (token counts of the embedded tokenizer: "easy", "hard", "5" are one
 # token, "a a a a" four, "42" and "41" two, "I do not know" four). Budget 10.
 EXPECTED_ALL = {
-    "auto": dict(n=2, accuracy=1.0, think_on_rate=0.5, format_rate=1.0, truncated_rate=0.0, judge_tokens=1.0,
-                 think_tokens=2.0, answer_tokens=1.5, total_tokens=16.0, tokens_per_correct=16.0,
+    "auto": dict(n=2, accuracy=1.0, accuracy_well_formed=1.0, think_on_rate=0.5, format_rate=1.0, truncated_rate=0.0,
+                 judge_tokens=1.0, think_tokens=2.0, answer_tokens=1.5, total_tokens=16.0, tokens_per_correct=16.0,
                  overthinking=0.8),  # (1 + (1 - 4/10)) / 2
-    "on": dict(n=2, accuracy=0.5, think_on_rate=1.0, format_rate=1.0, truncated_rate=0.0, judge_tokens=0.0,
-               think_tokens=7.0, answer_tokens=1.5, total_tokens=13.0, tokens_per_correct=26.0,
+    "on": dict(n=2, accuracy=0.5, accuracy_well_formed=0.5, think_on_rate=1.0, format_rate=1.0, truncated_rate=0.0,
+               judge_tokens=0.0, think_tokens=7.0, answer_tokens=1.5, total_tokens=13.0, tokens_per_correct=26.0,
                overthinking=0.4),  # ((1 - 2/10) + 0) / 2
-    "off": dict(n=2, accuracy=0.5, think_on_rate=0.0, format_rate=0.5, truncated_rate=0.5, judge_tokens=0.0,
-                think_tokens=0.0, answer_tokens=2.5, total_tokens=4.0, tokens_per_correct=8.0, overthinking=0.5),
+    "off": dict(n=2, accuracy=0.5, accuracy_well_formed=1.0, think_on_rate=0.0, format_rate=0.5, truncated_rate=0.5,
+                judge_tokens=0.0, think_tokens=0.0, answer_tokens=2.5, total_tokens=4.0, tokens_per_correct=8.0,
+                overthinking=0.5),
 }
 
 

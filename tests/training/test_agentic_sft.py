@@ -64,14 +64,14 @@ def test_a_trie_packed_step_equals_the_unpacked_step(collected, tokenizer):
         model, tok = tiny_model(copy.deepcopy(tokenizer), seed=3)
         add_autothink_tokens(tok, model)
         ensure_tool_template(tok)
-        rows, _ = trajectory_rows(load_trajectories(collected)[:3], tok, max_length=1536)
+        rows, _ = trajectory_rows(load_trajectories(collected)[:3], tok, max_length=4096)
         if packing == "trie":
-            config = _config(packing="trie", max_length=1536, per_device_train_batch_size=1, **step)
+            config = _config(packing="trie", max_length=4096, per_device_train_batch_size=1, **step)
             packs = trainer_on(config, model, tok, Dataset.from_list(rows)).train_dataset
-            config = _config(packing="trie", max_length=1536, per_device_train_batch_size=1,
+            config = _config(packing="trie", max_length=4096, per_device_train_batch_size=1,
                              gradient_accumulation_steps=len(packs), **step)
         else:
-            config = _config(packing="false", max_length=1536, per_device_train_batch_size=len(rows), **step)
+            config = _config(packing="false", max_length=4096, per_device_train_batch_size=len(rows), **step)
         trainer = trainer_on(config, model, tok, Dataset.from_list(rows))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         trainer.train()
@@ -98,7 +98,7 @@ def test_config_defaults_and_bad_input(tmp_path, capsys):
 def test_collect_then_agent_sft_then_collect_with_the_trained_embedded_model(collected, tmp_path):
     out = tmp_path / "agent-sft"
     argv = ["--data", str(collected), "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size",
-            "2", "--max_length", "1536", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1",
+            "1", "--max_length", "4096", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1",
             "--save_steps", "1"]
     run_agent_sft(parse_config(AgentSFTConfig, argv, prog="autothink agent sft"))
     summary = json.loads((out / "agent_sft.json").read_text())
