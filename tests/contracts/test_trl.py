@@ -138,3 +138,29 @@ def test_grpo_accepts_the_coding_environment_and_parses_our_tool_calls(tokenizer
     parsed = tok.parse_response(text[len(prompt):], prefix=prompt)
     assert parsed["content"] == "Writing." and parsed["tool_calls"][0]["function"] == {
         "name": "write_file", "arguments": {"path": "solution.py", "content": "1"}}
+
+
+def test_grpo_accepts_a_bfcl_environment_class(tokenizer, tmp_path):
+    """Each BFCL API combination is a class TRL's `environment_factory` probes for tools and a reward."""
+    import copy
+
+    from datasets import Dataset
+    from trl.chat_template_utils import qwen3_template
+
+    from autothink.environments.bfcl import bfcl_environment_class, function_docs
+    from autothink.format import add_autothink_tokens
+    from autothink.models import tiny_model
+    from autothink.tasks.tool_calls import ensure_tool_template
+
+    model, tok = tiny_model(copy.deepcopy(tokenizer))
+    add_autothink_tokens(tok, model)
+    ensure_tool_template(tok)
+    tok.response_template = qwen3_template
+    args = trl.GRPOConfig(output_dir=str(tmp_path), report_to="none", num_generations=2, per_device_train_batch_size=2,
+                          max_completion_length=8, max_steps=1, bf16=False, gradient_checkpointing=False)
+    env_class = bfcl_environment_class(("GorillaFileSystem", "TwitterAPI"))
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "List the files."}]}] * 4)
+    trainer = trl.GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                              environment_factory=env_class)
+    names = {d["name"] for api in env_class.APIS for d in function_docs(api)}
+    assert {t.__name__ for t in trainer.tools} == names and trainer.reward_func_names == [env_class.__name__]

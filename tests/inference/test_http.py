@@ -360,3 +360,39 @@ def test_a_reasoning_parsers_split_is_read_back(field):
     with scripted_server(lambda i, _: (200, {}, body)) as (url, _):
         out = HTTPBackend(url, model="m", max_retries=0).generate(CONVS[:1], SamplingParams())
     assert out[0][0].text == "<think>2 + 2 = 4</think>The answer is 4."
+
+
+def test_tools_are_sent_and_a_servers_tool_calls_come_back_as_the_models_text():
+    """An agent episode over HTTP: the schemas go out as `tools`, the tool messages as OpenAI messages, and a
+    server's parsed `tool_calls` return as `<tool_call>` text that the episode parses and executes."""
+    from autothink.environments.coding import CodingEnvironment
+    from autothink.environments.rollout import run_episode, tool_schemas
+    from autothink.tasks import Task
+
+    call = {"id": "c1", "type": "function", "function": {
+        "name": "write_file", "arguments": json.dumps({"path": "solution.py", "content": "def add(a, b):\n    "
+                                                        "return a + b\n"})}}
+
+    def respond(i, body):
+        if i == 0:
+            message = {"role": "assistant", "content": "Writing it.", "tool_calls": [call]}
+        else:
+            message = {"role": "assistant", "content": "Done."}
+        payload = completion_body(["x"])
+        payload["choices"][0]["message"] = message
+        payload["choices"][0]["finish_reason"] = "tool_calls" if i == 0 else "stop"
+        return 200, {}, payload
+
+    task = Task(id="t", messages=[{"role": "user", "content": "Write add(a, b) in solution.py."}], domain="code",
+                verifier="code", reference="assert add(1, 2) == 3")
+    with scripted_server(respond) as (url, seen):
+        backend = HTTPBackend(url, model="m", max_retries=0)
+        env = CodingEnvironment()
+        trajectory = run_episode(backend, env, task, SamplingParams(temperature=0))
+    assert seen[0]["tools"] == tool_schemas(env) and len(seen) == 2
+    sent = seen[1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["function"]["name"] == "write_file" and sent[2]["content"].startswith("wrote")
+    assert sent[2] == {"role": "tool", "content": sent[2]["content"], "tool_call_id": sent[1]["tool_calls"][0]["id"],
+                       "name": "write_file"}  # no status fields on the wire
+    assert trajectory.messages[1]["content"] == "Writing it." and trajectory.outcome["reward"] == 1.0

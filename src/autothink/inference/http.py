@@ -35,6 +35,7 @@ from autothink.inference.backend import (
     Conversation,
     SamplingParams,
 )
+from autothink.tasks.tool_calls import openai_message
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -195,6 +196,8 @@ class HTTPBackend(Backend):
         tools: list[dict] | None = None,
     ) -> dict:
         """The full description of one request: the cache key and the source of the request body."""
+        if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
+            conversation = [openai_message(m) for m in conversation]  # no trajectory status fields on the wire
         request = {
             "base_url": self.base_url,
             "model": self.model,

@@ -154,3 +154,9 @@ def chat_message(message: dict) -> dict:
         if message.get(key):
             out[key] = message[key]
     return out
+
+
+def openai_message(message: dict) -> dict:
+    """A message as the OpenAI API takes it: its role, content and tool fields; no status fields."""
+    keep = ("role", "content", "tool_calls", "tool_call_id", "name")
+    return {k: message[k] for k in keep if message.get(k) is not None or k == "content"}
