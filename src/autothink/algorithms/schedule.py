@@ -123,8 +123,11 @@ class PromptSchedule:
     and both forced modes always differ in r_J, so they would keep every prompt alive.
 
     The epoch's prompt set is decided when the stream reaches it, which is one or more batches
-    ahead of training (the dataloader prefetches): prompts of the previous epoch's last batches
-    may have no recorded rollouts yet and are then kept. Decisions are recorded (`state_dict`)
+    ahead of training (the dataloader prefetches): the prompts of the previous epoch's last
+    batches are not scored yet and are judged on their latest recorded rollouts (those of an
+    earlier epoch), or kept when they have none. So for those prompts (at most the prefetched
+    batches' worth) the decision comes one epoch late: a prompt that should go stays one epoch
+    more, and none is dropped on rollouts it did not have. Decisions are recorded (`state_dict`)
     so that a resumed run replays the same order.
 
     Args:
