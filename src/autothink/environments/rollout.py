@@ -9,6 +9,10 @@ correct, and recorded on the call: an unparseable `<tool_call>`, an unknown tool
 a refused call (`ToolError`) come back as `{"error": ...}` with `is_error: true`; a program that
 exits non-zero comes back with its output and `exit_code`. Errors of the machinery itself (no
 sandbox) stop the episode with the exception.
+
+Two private hooks, which TRL never sees, make multi-turn tasks (BFCL) work: `_tool_schemas()`
+(the tools shown this turn) and `_next_question()` (the next user turn once the model answers,
+None at the end).
 """
 from __future__ import annotations
 
