@@ -32,6 +32,12 @@ def tool_tiny(tokenizer):
     return model, tok
 
 
+@pytest.fixture(autouse=True)
+def _in_a_temporary_dir(tmp_path, monkeypatch):
+    """Trainers write into `output_dir` ("unused" below, relative): keep that out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _config(**overrides):
     base = dict(output_dir="unused", report_to="none", disable_tqdm=True, logging_steps=1, save_strategy="no")
     return AgentSFTConfig(**{**base, **overrides})

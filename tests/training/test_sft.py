@@ -58,6 +58,12 @@ ROWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _in_a_temporary_dir(tmp_path, monkeypatch):
+    """Trainers write into `output_dir` ("unused" below, relative): keep that out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _config(**overrides):
     base = dict(output_dir="unused", report_to="none", disable_tqdm=True, max_length=512, seed=0)
     return SFTConfig(**(base | overrides))
