@@ -73,7 +73,7 @@ JOBS: dict[str, Job] = {
     "agent sft": Job("autothink.training.agentic_sft", "AgentSFTConfig", "run_agent_sft",
                      "error-masked SFT on agent trajectories, cut into sub-trajectories, trie-packed",
                      stage="agent_sft"),
-    "agent eval": Job("autothink.data.collect", "AgentEvalConfig", "run_agent_eval",
+    "agent eval": Job("autothink.data.collect", "AgentEvalConfig", "run_collect",
                       "a model as a coding agent on held-out tasks: pass rate and tool-error rate", stage="agent_eval"),
     "tasks export": Job("autothink.tasks.suites", "ExportConfig", "run_export", "write a suite as tasks JSONL"),
 }

@@ -18,6 +18,7 @@ decoding, its own output dir.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,9 +89,7 @@ def summarize_episodes(outcomes: list[dict]) -> dict:
     """Pass rate, tool-error rate and turns over episode outcomes."""
     episodes = len(outcomes)
     calls = sum(o["tool_calls"] for o in outcomes)
-    ends = {}
-    for o in outcomes:
-        ends[o["end"]] = ends.get(o["end"], 0) + 1
+    ends = dict(Counter(o["end"] for o in outcomes))
     return {"episodes": episodes, "pass_rate": sum(o["passed"] for o in outcomes) / max(episodes, 1),
             "mean_reward": sum(o["reward"] for o in outcomes) / max(episodes, 1),
             "tool_calls": calls, "tool_errors": sum(o["tool_errors"] for o in outcomes),
@@ -138,7 +137,3 @@ class AgentEvalConfig(CollectConfig):
     backend: str = field(default="smollm2-135m-instruct", metadata={"help": "the model: a name, a dir or http://..."})
     output_dir: str = field(default="runs/agent/eval", metadata={"help": "trajectories.jsonl and collect.json"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy)"})
-
-
-def run_agent_eval(config: AgentEvalConfig) -> dict:
-    return run_collect(config)

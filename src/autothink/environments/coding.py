@@ -112,7 +112,6 @@ class CodingEnvironment:
         if path not in self.files and len(self.files) >= MAX_FILES:
             raise ToolError(f"the workspace holds at most {MAX_FILES} files")
         self.files[path] = content
-        self.last_exit_code = None
         return f"wrote {path} ({len(content.splitlines())} lines)"
 
     def read_file(self, path: str) -> str:
@@ -124,12 +123,10 @@ class CodingEnvironment:
         path = _check_path(path)
         if path not in self.files:
             raise ToolError(f"no such file: {path} (files: {', '.join(sorted(self.files)) or 'none'})")
-        self.last_exit_code = None
         return self.files[path]
 
     def list_files(self) -> str:
         """List the files of the workspace with their sizes in lines."""
-        self.last_exit_code = None
         return "\n".join(f"{p} ({len(t.splitlines())} lines)" for p, t in sorted(self.files.items())) or "(empty)"
 
     def run_python(self, code: str) -> str:

@@ -31,12 +31,13 @@ from autothink.environments.coding import SOLUTION
 from autothink.environments.rollout import first_messages
 from autothink.inference.backend import Backend, BackendError, Completion, Conversation, SamplingParams
 from autothink.tasks import Task
+from autothink.tasks.tool_calls import tool_call_text
 
 MISTAKES = ("syntax", "import_first", "missing_file", "bad_arguments", "malformed")
 
 
 def _call(tool: str, arguments: dict | None = None, **kwargs) -> str:
-    return f"<tool_call>\n{json.dumps({'name': tool, 'arguments': {**(arguments or {}), **kwargs}})}\n</tool_call>"
+    return tool_call_text(tool, {**(arguments or {}), **kwargs})
 
 
 class ReferenceAgent(Backend):

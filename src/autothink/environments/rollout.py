@@ -32,16 +32,21 @@ def tools_of(env) -> dict:
             if not name.startswith("_") and name not in ("reset", "get_reward")}
 
 
+_SCHEMAS: dict[type, list[dict]] = {}  # an environment class's tool schemas (they depend on the class alone)
+
+
 def tool_schemas(env) -> list[dict]:
     """OpenAI tool schemas of the environment's tools, from their signatures and docstrings."""
-    from transformers.utils import get_json_schema
+    if type(env) not in _SCHEMAS:
+        from transformers.utils import get_json_schema
 
-    schemas = []
-    for method in tools_of(env).values():
-        schema = get_json_schema(method)
-        schema["function"].pop("return", None)
-        schemas.append(schema)
-    return schemas
+        schemas = []
+        for method in tools_of(env).values():
+            schema = get_json_schema(method)
+            schema["function"].pop("return", None)
+            schemas.append(schema)
+        _SCHEMAS[type(env)] = schemas
+    return list(_SCHEMAS[type(env)])
 
 
 def execute(env, call: dict, parse_error: str | None = None) -> dict:

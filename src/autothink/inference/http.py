@@ -35,7 +35,7 @@ from autothink.inference.backend import (
     Conversation,
     SamplingParams,
 )
-from autothink.tasks.tool_calls import openai_message
+from autothink.tasks.tool_calls import openai_message, tool_call_text
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -312,8 +312,7 @@ def _choice_text(choice) -> str:
             arguments = json.loads(call.function.arguments or "{}")
         except (json.JSONDecodeError, TypeError):
             arguments = call.function.arguments
-        block = json.dumps({"name": call.function.name, "arguments": arguments}, ensure_ascii=False)
-        content += f"\n<tool_call>\n{block}\n</tool_call>"
+        content += "\n" + tool_call_text(call.function.name, arguments)
     return f"<think>{reasoning}</think>{content}" if isinstance(reasoning, str) and reasoning else content
 
 

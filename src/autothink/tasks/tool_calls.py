@@ -93,6 +93,11 @@ def ensure_tool_template(tokenizer) -> bool:
 INVALID_CALL = "invalid_tool_call"
 
 
+def tool_call_text(name: str, arguments) -> str:
+    """One call as the model writes it: a `<tool_call>` block around `{"name", "arguments"}` JSON."""
+    return f"{TOOL_CALL}\n{json.dumps({'name': name, 'arguments': arguments}, ensure_ascii=False)}\n{TOOL_CALL_END}"
+
+
 def parse_tool_calls(text: str) -> tuple[str, list[dict], dict[int, str]]:
     """Split an assistant reply into its text and its `<tool_call>` blocks; never raises.
 
@@ -150,9 +155,8 @@ def chat_message(message: dict) -> dict:
         out["tool_call_id"] = message.get("tool_call_id")
         if message.get("name"):
             out["name"] = message["name"]
-    for key in ("reasoning_content",):
-        if message.get(key):
-            out[key] = message[key]
+    if message.get("reasoning_content"):
+        out["reasoning_content"] = message["reasoning_content"]
     return out
 
 
