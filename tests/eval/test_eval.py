@@ -3,6 +3,7 @@ numbers, resume, early errors, and tiny-model runs (in process, and over HTTP th
 import copy
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -17,10 +18,12 @@ from autothink.eval.run import (
     suite_label,
     tokens_per_correct,
 )
+from autothink.format import forced_prefix, render
 from autothink.inference.backend import Backend, BackendError, Completion
 from autothink.inference.local import LocalBackend
 from autothink.models import tiny_model
 from autothink.serve import running_server
+from autothink.tasks.suites import HELD_OUT_DIRECTIVES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,7 +101,8 @@ TASKS = [
     {"id": "q1", "prompt": "What is 2+3?", "verifier": "math", "reference": "5", "difficulty": 1},
     {"id": "q2", "prompt": "What is 6*7?", "verifier": "math", "reference": "42", "difficulty": 2},
 ]
-# (prompt, thinking) -> (completion text after the forced prefix, generated tokens, finish reason)
+# (prompt, thinking) -> (completion text after the forced prefix, generated tokens, finish reason); this
+# backend cannot continue replies, so forced modes are the template's empty-judge prefix
 REPLIES = {
     ("What is 2+3?", "auto"): ("<judge>easy</judge><think_off><answer>5</answer>", 12, "stop"),
     ("What is 6*7?", "auto"): ("<judge>hard</judge><think_on><think>a a a a</think><answer>42</answer>", 20, "stop"),
@@ -144,13 +148,13 @@ def scripted_config(tasks_file, out, **kw):
 EXPECTED_ALL = {
     "auto": dict(n=2, accuracy=1.0, accuracy_well_formed=1.0, think_on_rate=0.5, format_rate=1.0, truncated_rate=0.0,
                  judge_tokens=1.0, think_tokens=2.0, answer_tokens=1.5, total_tokens=16.0, tokens_per_correct=16.0,
-                 overthinking=0.8),  # (1 + (1 - 4/10)) / 2
+                 overthinking=0.8, directive_obedience=None, near_miss_agreement=None),  # (1 + (1 - 4/10)) / 2
     "on": dict(n=2, accuracy=0.5, accuracy_well_formed=0.5, think_on_rate=1.0, format_rate=1.0, truncated_rate=0.0,
                judge_tokens=0.0, think_tokens=7.0, answer_tokens=1.5, total_tokens=13.0, tokens_per_correct=26.0,
-               overthinking=0.4),  # ((1 - 2/10) + 0) / 2
+               overthinking=0.4, directive_obedience=None, near_miss_agreement=None),  # ((1 - 2/10) + 0) / 2
     "off": dict(n=2, accuracy=0.5, accuracy_well_formed=1.0, think_on_rate=0.0, format_rate=0.5, truncated_rate=0.5,
                 judge_tokens=0.0, think_tokens=0.0, answer_tokens=2.5, total_tokens=4.0, tokens_per_correct=8.0,
-                overthinking=0.5),
+                overthinking=0.5, directive_obedience=None, near_miss_agreement=None),
 }
 
 
@@ -265,15 +269,21 @@ def tiny_backend(tokenizer):
 
 def test_tiny_model_in_process(tiny_backend, tmp_path):
     config = EvalConfig(model="tiny", suites=["arithmetic:1"], n=2, max_tokens=6, primer=True,
-                        output_dir=str(tmp_path))
+                        output_dir=str(tmp_path / "empty"), forced_judge="empty")
     metrics = run_eval(config, backend=tiny_backend)
-    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "empty" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and metrics["samples"] == 6
     for r in rows:
         assert 1 <= r["tokens"]["total"] <= 6
         if r["mode"] != "auto":  # forced modes: the response starts with the forced prefix
             assert r["parsed"]["mode"] == r["mode"]
     assert metrics["all"]["on"]["think_on_rate"] == 1 and metrics["all"]["off"]["think_on_rate"] == 0
+    # The default: the model writes its own judge first (this random one never closes it in 6 tokens).
+    run_eval(replace(config, output_dir=str(tmp_path / "own"), forced_judge="model"), backend=tiny_backend)
+    rows = [json.loads(line) for line in (tmp_path / "own" / "samples.jsonl").read_text().splitlines()]
+    forced = [r for r in rows if r["mode"] != "auto"]
+    assert len(forced) == 4 and all(r["response"].startswith("<judge>") and r["tokens"]["total"] == 6
+                                    and r["parsed"]["mode"] is None for r in forced)
 
 
 def test_cli_over_http_and_yaml_errors(tiny_backend, tmp_path, capsys):
@@ -295,3 +305,42 @@ def test_cli_over_http_and_yaml_errors(tiny_backend, tmp_path, capsys):
     assert "unknown option 'suits' for EvalConfig; did you mean 'suites'?" in capsys.readouterr().err
     assert main(["eval", "--suites", "arith", "--modes", "auto"]) == 2
     assert "unknown suite 'arith'; valid suites: arithmetic" in capsys.readouterr().err
+
+
+def _sample(variant, mode, directive=None, base="b1", control="auto", k=0):
+    return {"variant": variant, "directive": directive, "base": base, "mode": control, "sample": k, "passed": True,
+            "finish_reason": "stop", "parsed": {"mode": mode, "well_formed": True},
+            "tokens": {"judge": 1, "think": 0, "answer": 1, "total": 3}}
+
+
+def test_directive_obedience_and_near_miss_agreement_by_hand():
+    samples = [
+        _sample("plain", "on"), _sample("near_miss", "on"), _sample("off", "off", "off"), _sample("on", "off", "on"),
+        _sample("plain", "off", base="b2"), _sample("near_miss", "on", base="b2"),
+        _sample("off", "off", "off", base="b2"), _sample("on", "on", "on", base="b2"),
+    ]
+    m = group_metrics(samples, think_budget=10)
+    assert m["directive_obedience"] == 3 / 4  # b1's "on" directive was answered think-off
+    assert m["near_miss_agreement"] == 1 / 2  # b2's near-miss flipped the plain question's mode
+    assert group_metrics(samples[:1], 10)["directive_obedience"] is None
+
+
+def test_directives_suite_feeds_obedience_into_the_metrics(tmp_path):
+    """A model that thinks only when a held-out "on" paraphrase asks: obedience 1, near-misses unchanged."""
+
+    class Obeys(Backend):
+        name = "obeys"
+
+        def _generate(self, conversations, params, thinking):
+            replies = []
+            for c in conversations:
+                prompt = c[-1]["content"]
+                mode = "on" if any(p in prompt for p in HELD_OUT_DIRECTIVES["on"]) else "off"
+                text = render(mode, "0", judge="j", think="t" if mode == "on" else "")
+                replies.append([Completion(text.removeprefix(forced_prefix(thinking or "auto")), "stop", 5)])
+            return replies
+
+    metrics = run_eval(EvalConfig(model="obeys", suites=["directives"], n=8, modes=["auto"],
+                                  output_dir=str(tmp_path)), backend=Obeys())
+    auto = metrics["all"]["auto"]
+    assert auto["directive_obedience"] == 1.0 and auto["near_miss_agreement"] == 1.0 and auto["n"] == 8

@@ -20,7 +20,7 @@ from autothink.inference.backend import (
 )
 from autothink.inference.http import HTTPBackend
 from autothink.inference.local import LocalBackend
-from autothink.inference.respond import respond
+from autothink.inference.respond import ControlOptions, respond
 from autothink.serve import create_app, running_server
 from helpers import varied_tiny
 
@@ -43,8 +43,9 @@ def local(tokenizer):
 
 @pytest.fixture(scope="module")
 def server(local):
-    """(base_url, app) of `autothink.serve` over the tiny model; stats are cumulative."""
-    app = create_app(local)
+    """(base_url, app) of `autothink.serve` over the tiny model; stats are cumulative. Forced modes are the
+    template's prefix (`--forced_judge empty`), so a forced request is one raw generation, as locally."""
+    app = create_app(local, controls=ControlOptions(forced_judge="empty"))
     with running_server(app) as url:
         yield url, app
 
@@ -121,20 +122,25 @@ def test_stop_reason_crosses_http(server, local):
     assert got == local.generate(CONVS[:1], params) and got[0][0].stop_reason == params.stop[1]
 
 
-@pytest.mark.parametrize("thinking, budget", [("auto", 3), ("on", 4), ("off", None)])
-def test_respond_over_http_equals_respond_in_process(server, local, thinking, budget):
-    """A thinking budget over HTTP: stages continue the reply through continue_final_message."""
+@pytest.mark.parametrize("thinking, budget, judge", [("auto", 3, "model"), ("on", 4, "model"), ("on", 4, "empty"),
+                                                     ("off", None, "model")])
+def test_respond_over_http_equals_respond_in_process(server, local, thinking, budget, judge):
+    """Staged replies over HTTP (the model's own judge, a thinking budget): each stage continues the reply
+    through continue_final_message."""
     url, _ = server
     params = SamplingParams(temperature=0, max_tokens=16)
     convs = CONVS + [[{"role": "user", "content": "Think deeper: why is the sky blue?"}]]
-    remote = respond(HTTPBackend(url, max_retries=0), convs, params, thinking, budget)
-    here = respond(local, convs, params, thinking, budget)
+    kw = dict(force_directives=True, forced_judge=judge)
+    remote = respond(HTTPBackend(url, max_retries=0), convs, params, thinking, budget, **kw)
+    here = respond(local, convs, params, thinking, budget, **kw)
     for (a,), (b,) in zip(remote, here):
         assert (a.text, a.completion_tokens, a.finish_reason, a.budget_hit, a.thinking) == \
             (b.text, b.completion_tokens, b.finish_reason, b.budget_hit, b.thinking)
     assert here[-1][0].thinking == ("on" if thinking == "auto" else thinking)  # the directive, under auto
-    if thinking == "on":
+    if judge == "empty":  # this random model never closes a judge of its own: only the prefill reaches the budget
         assert all(r[0].budget_hit for r in here)
+    elif thinking != "auto":
+        assert all(r[0].text.startswith("<judge>") for r in here)
 
 
 def test_server_error_reaches_the_client(server):

@@ -12,6 +12,7 @@ from autothink.cli import main
 from autothink.format import parse
 from autothink.inference.backend import Backend, Completion, SamplingParams
 from autothink.inference.commands import chat
+from autothink.inference.constrained import state_after
 from autothink.inference.local import LocalBackend
 from autothink.inference.respond import (
     ReasoningSplitter,
@@ -65,21 +66,44 @@ def test_budget_at_the_edge(budget, hit):
         assert r.text == SCRIPT  # the think segment closed by itself
 
 
-def test_forced_modes_and_directives():
-    on = one(Scripted(), thinking="on", thinking_budget=3)
-    assert on.text == "<judge></judge><think_on><think>3 x = </think><answer>x = 12 </answer>"
-    assert (on.thinking, on.mode, on.judge_tokens, on.think_tokens) == ("on", "on", 0, 3)
-    off = one(Scripted(), thinking="off", thinking_budget=3)
-    assert off.text == "<judge></judge><think_off><answer>x = 12 </answer>" and off.think_tokens == 0
-    assert off.completion_tokens == 4 and off.parts.well_formed
-    # A directive in the last user message forces its mode under "auto" only.
+def test_forced_modes_follow_the_models_own_judge():
+    backend = Scripted()
+    on = one(backend, thinking="on", thinking_budget=3)
+    assert on.text == "<judge>Two steps of algebra. </judge><think_on><think>3 x = </think><answer>x = 12 </answer>"
+    assert (on.thinking, on.mode, on.judge_tokens, on.think_tokens) == ("on", "on", 4, 3) and on.parts.well_formed
+    # The judge stage renders the plain prompt and continues `<judge>`; it stops at </judge> or any later tag.
+    (convs, params, thinking, prefixes) = backend.calls[0]
+    assert thinking == "auto" and prefixes == ["<judge>"] and "</judge>" in params.stop and "<think_off>" in params.stop
+    off = one(Scripted(), thinking="off")
+    assert off.text == "<judge>Two steps of algebra. </judge><think_off><answer>x = 12 </answer>"
+    assert off.think_tokens == 0 and off.parts.well_formed and off.completion_tokens == 5 + 4
+    # A judge that runs into a mode token of its own: the model's token is dropped, the forced one follows.
+    skip = one(Scripted("<judge>Easy. <think_off><answer>4</answer>"), thinking="on")
+    assert skip.text.startswith("<judge>Easy. </judge><think_on><think>") and skip.mode == "on"
+    # The measured fallback: an empty judge (asked for, or all a backend without prefixes can do).
+    empty = one(Scripted(), thinking="on", thinking_budget=3, forced_judge="empty")
+    assert empty.text == "<judge></judge><think_on><think>3 x = </think><answer>x = 12 </answer>"
+    assert empty.judge_tokens == 0
+    plain = NoPrefix()
+    assert one(plain, thinking="off").text == "<judge></judge><think_off><answer>x"
+    assert plain.seen == ["off"]
+    with pytest.raises(ValueError, match="forced_judge must be"):
+        one(Scripted(), thinking="on", forced_judge="none")
+
+
+def test_directives_are_left_to_the_model_unless_forced():
     ask = [{"role": "user", "content": "Solve 3x = 36. DO NOT THINK"}]
-    r = one(Scripted(), ask)
-    assert (r.thinking, r.directive, r.mode) == ("off", "off", "off")
-    assert one(Scripted(), ask, thinking="on").mode == "on"
-    assert one(Scripted(), ask, directives=False).thinking == "auto"
-    deeper = one(Scripted(), [{"role": "user", "content": "Think deeper: 3x = 36?"}], thinking_budget=2)
-    assert deeper.thinking == "on" and deeper.think_tokens == 2 and deeper.judge_tokens == 0
+    r = one(Scripted(), ask)  # the scripted model thinks whatever it is told
+    assert (r.thinking, r.directive, r.mode) == ("auto", "off", "on")
+    forced = one(Scripted(), ask, force_directives=True)
+    assert (forced.thinking, forced.directive, forced.mode) == ("off", "off", "off")
+    assert one(Scripted(), ask, thinking="on", force_directives=True).mode == "on"  # an explicit mode wins
+    # The regex's near-miss: not a directive, but read as one; forced only under the flag.
+    near = [{"role": "user", "content": "I do not think this is right: what is 3+4?"}]
+    assert one(Scripted(), near).thinking == "auto"
+    deeper = one(Scripted(), [{"role": "user", "content": "Think deeper: 3x = 36?"}], thinking_budget=2,
+                 force_directives=True)
+    assert deeper.thinking == "on" and deeper.think_tokens == 2 and deeper.judge_tokens == 4
 
 
 def test_max_tokens_bounds_all_stages_together():
@@ -98,14 +122,17 @@ def test_caller_stop_strings_end_the_reply():
 def test_batches_n_samples_and_conversations_per_stage():
     backend = Scripted()
     convs = [Q, [{"role": "user", "content": "Another one, please"}], [{"role": "user", "content": "DO NOT THINK"}]]
-    replies = respond(backend, convs, SamplingParams(n=3, temperature=0, max_tokens=64), thinking_budget=4)
+    replies = respond(backend, convs, SamplingParams(n=3, temperature=0, max_tokens=64), thinking_budget=4,
+                      force_directives=True)
     assert [len(g) for g in replies] == [3, 3, 3]
     assert all(r.think_tokens == 4 and r.budget_hit for g in replies[:2] for r in g)
     assert all(r.mode == "off" for r in replies[2])
     assert [r.prompt_tokens for r in (replies[0][0], replies[1][0], replies[2][0])] == [4, 3, 3]
-    # one call per (control, stage): judge (2 conversations, n=3), think (6 rows), answer (6), off (1, n=3)
-    shapes = sorted((len(call[0]), call[1].n, call[2]) for call in backend.calls)
-    assert shapes == [(1, 3, "off"), (2, 3, "auto"), (6, 1, "auto"), (6, 1, "auto")]
+    # one call per stage: judge (2 conversations, n=3), think (6 rows), answer (6); the forced-off one: its own
+    # judge (1 conversation, n=3), then its answer (3 rows)
+    shapes = [(len(call[0]), call[1].n, call[3]) for call in backend.calls]
+    assert shapes == [(2, 3, None), (1, 3, ["<judge>"]), (6, 1, shapes[2][2]), (3, 1, shapes[3][2]),
+                      (6, 1, shapes[4][2])]
 
 
 def test_respond_stream_matches_respond():
@@ -123,7 +150,11 @@ def test_counts_without_a_tokenizer_are_split_by_characters():
 
 
 class NoPrefix(Backend):
+    def __init__(self):
+        self.seen = []
+
     def _generate(self, conversations, params, thinking):
+        self.seen.append(thinking)
         return [[Completion("x", "stop", 1)] * params.n for _ in conversations]
 
 
@@ -225,7 +256,9 @@ def test_local_budget(local):
 
     local.generate = spy
     try:
-        r = one(local, thinking="on", thinking_budget=4, params=SamplingParams(temperature=0, max_tokens=20))
+        # the empty-judge prefix: this random model never closes a judge of its own
+        r = one(local, thinking="on", thinking_budget=4, params=SamplingParams(temperature=0, max_tokens=20),
+                forced_judge="empty")
     finally:
         del local.generate
     assert r.budget_hit and r.thinking == "on" and r.mode == "on"
@@ -233,7 +266,8 @@ def test_local_budget(local):
     assert think_stage[:2] == (4, ("</think>",)) and think_stage[2].tokens == 4
     assert r.text == "<judge></judge><think_on><think>" + think_stage[2].text + "</think><answer>" + seen[1][2].text
     assert r.completion_tokens == 20 and r.finish_reason == "length"
-    stream = list(respond_stream(local, Q, SamplingParams(temperature=0, max_tokens=20), "on", 4))
+    stream = list(respond_stream(local, Q, SamplingParams(temperature=0, max_tokens=20), "on", 4,
+                                 forced_judge="empty"))
     assert stream[-1] == r and "".join(stream[:-1]) == r.text
 
 
@@ -256,8 +290,10 @@ def test_generate_command(model_dir, tmp_path, capsys):
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["id"] for r in rows] == ["1", "q1", "3"]
-    assert rows[1]["thinking"] == "off" and rows[1]["directive"] == "off" and rows[1]["mode"] == "off"
-    assert rows[1]["text"].startswith("<judge></judge><think_off><answer>")
+    assert rows[1]["thinking"] == "auto" and rows[1]["directive"] == "off"  # the model decides
+    assert rows[1]["text"] == one(LocalBackend.from_pretrained(model_dir, device="cpu"), rows and [
+        {"role": "user", "content": "What is 2+2? DO NOT THINK"}], SamplingParams(temperature=0, max_tokens=12),
+        thinking_budget=3).text
     for row in rows:
         assert row["tokens"]["completion"] <= 12 and row["finish_reason"] in ("stop", "length")
         assert parse(row["text"]).mode == row["mode"] and set(row["tokens"]) == {"judge", "think", "answer",
@@ -265,12 +301,19 @@ def test_generate_command(model_dir, tmp_path, capsys):
     # Forced on with a budget of 3, written to a file; the same greedy reply as in process.
     out = tmp_path / "out.jsonl"
     assert main(["generate", "Solve 3x = 36.", "--model", model_dir, "--max-tokens", "12", "--thinking", "on",
-                 "--thinking-budget", "3", "--n", "2", "-o", str(out)]) == 0
+                 "--thinking-budget", "3", "--n", "2", "-o", str(out), "--forced-judge", "empty"]) == 0
     assert "wrote 2 replies" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sample"] for r in rows] == [0, 1] and all(r["budget_hit"] and r["mode"] == "on" for r in rows)
     assert rows[0]["text"] == one(LocalBackend.from_pretrained(model_dir, device="cpu"), thinking="on",
-                                  thinking_budget=3, params=SamplingParams(temperature=0, max_tokens=12)).text
+                                  thinking_budget=3, params=SamplingParams(temperature=0, max_tokens=12),
+                                  forced_judge="empty").text
+    # A directive forced by its flag; constrained decoding keeps even this random model's reply in the grammar.
+    assert main(["generate", "What is 2+2? DO NOT THINK", "--model", model_dir, "--max-tokens", "12",
+                 "--force-directives", "--constrained"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["thinking"] == "off" and row["text"].startswith("<judge>")
+    assert state_after(row["text"]).where in ("judge", "answer", "end")  # a prefix of the grammar, no stray tag
 
 
 def test_generate_command_errors(model_dir, tmp_path, capsys):
@@ -293,7 +336,8 @@ def test_chat_command(model_dir, monkeypatch, capsys):
     script = ["Hi", "/mode off", "What next?", "/budget 2", "/mode on", "Go on", "/budget nope", "/reset",
               "/mode auto", "Fresh start. DO NOT THINK", "/quit", "never read"]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(script) + "\n"))
-    assert main(["chat", "--model", model_dir, "--max-tokens", "10"]) == 0
+    assert main(["chat", "--model", model_dir, "--max-tokens", "10", "--force-directives", "--forced-judge",
+                 "empty"]) == 0
     out = capsys.readouterr().out
     status = [line for line in out.splitlines() if line.startswith("[mode")]
     assert len(status) == 4

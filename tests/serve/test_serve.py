@@ -17,6 +17,7 @@ import uvicorn
 
 from autothink.inference.backend import Backend, BackendError
 from autothink.inference.local import LocalBackend
+from autothink.inference.respond import ControlOptions
 from autothink.serve.app import DrainingServer, create_app, running_server
 from helpers import varied_tiny
 from scripted import SCRIPT, Scripted
@@ -65,10 +66,11 @@ def scripted():
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    """(url, app, backend) of a server over a tiny AutoThink model with an untied random head."""
+    """(url, app, backend) of a server over a tiny AutoThink model with an untied random head; a forced mode
+    is the template's prefix (this model never closes a judge of its own)."""
     model, tok = varied_tiny(tokenizer, autothink=True)
     backend = LocalBackend(model, tok, name="tiny")
-    app = create_app(backend)
+    app = create_app(backend, controls=ControlOptions(forced_judge="empty"))
     with running_server(app) as url:
         yield url, app, backend
 
@@ -91,9 +93,10 @@ def collect(stream):
 # -- replies: split, modes, budget, usage -----------------------------------------------------
 EXPECTED = {  # request extras -> (reasoning_content, content, thinking, mode, completion, reasoning tokens)
     "auto": ({}, "Two steps of algebra. \n\n3 x = 36 so x = 36 / 3 = 12 ", "x = 12 ", "auto", "on", 26, 16),
-    "off": ({"thinking": "off"}, None, "x = 12 ", "off", "off", 4, 0),
-    "on+budget": ({"chat_template_kwargs": {"thinking": "on", "thinking_budget": 3}}, "3 x = ", "x = 12 ", "on", "on",
-                  7, 3),
+    # a forced mode follows the model's own judge: 4 judge tokens + </judge>, then the forced segments
+    "off": ({"thinking": "off"}, "Two steps of algebra. ", "x = 12 ", "off", "off", 9, 4),
+    "on+budget": ({"chat_template_kwargs": {"thinking": "on", "thinking_budget": 3}},
+                  "Two steps of algebra. \n\n3 x = ", "x = 12 ", "on", "on", 12, 7),
     "budget": ({"thinking_budget": 5}, "Two steps of algebra. \n\n3 x = 36 so ", "x = 12 ", "auto", "on", 17, 9),
 }
 
@@ -114,13 +117,15 @@ def test_reply_split_modes_budget_and_usage(scripted, case):
         assert choice.raw_content == SCRIPT
 
 
-def test_directive_forces_the_mode_and_n_replies(scripted):
-    url, _ = scripted
-    r = client(url).chat.completions.create(model="scripted", n=3, max_tokens=64,
-                                            messages=[{"role": "user", "content": "3x = 36? DO NOT THINK"}])
+def test_directives_are_the_models_unless_the_server_forces_them_and_n_replies(scripted):
+    ask = dict(model="scripted", n=3, max_tokens=64, messages=[{"role": "user", "content": "3x = 36? DO NOT THINK"}])
+    r = client(scripted[0]).chat.completions.create(**ask)
+    assert [(c.thinking, c.thinking_mode) for c in r.choices] == [("auto", "on")] * 3  # this model ignores it
+    with running_server(create_app(Scripted(), controls=ControlOptions(force_directives=True))) as url:
+        r = client(url).chat.completions.create(**ask)
     assert [(c.index, c.thinking, c.thinking_mode, c.message.content) for c in r.choices] == [
         (i, "off", "off", "x = 12 ") for i in range(3)]
-    assert r.usage.completion_tokens == 12 and r.usage.completion_tokens_details.reasoning_tokens == 0
+    assert r.usage.completion_tokens == 27 and r.usage.completion_tokens_details.reasoning_tokens == 12
 
 
 @pytest.mark.parametrize("case", EXPECTED)

@@ -119,3 +119,26 @@ def test_task_needs_a_user_message():
     record = {k: v for k, v in GOOD.items() if k != "prompt"} | {"messages": [{"role": "system", "content": "hi"}]}
     with pytest.raises(ValueError, match="has no user message"):
         Task.from_dict(record)
+
+
+def test_directives_suite_asks_each_question_four_ways():
+    from autothink.format import DIRECTIVES, detect_directive
+    from autothink.tasks.suites import DIRECTIVE_VARIANTS, HELD_OUT_DIRECTIVES
+
+    tasks = load_suite("directives", n=16)
+    assert len(tasks) == 16 and {t.difficulty for t in tasks} == {1, 4}
+    by_base = {}
+    for t in tasks:
+        by_base.setdefault(t.metadata["base"], []).append(t)
+    for group in by_base.values():
+        assert [t.metadata["variant"] for t in group] == list(DIRECTIVE_VARIANTS)
+        assert [t.metadata["directive"] for t in group] == [None, None, "off", "on"]
+        plain = group[0].prompt
+        assert all(plain in t.prompt and t.reference == group[0].reference for t in group)
+    # Held out: no training phrase; and the regex both misses paraphrases and fires on near-misses,
+    # which is why the model, not the regex, decides by default.
+    training = {p.lower() for phrases in DIRECTIVES.values() for p in phrases}
+    assert not training & {p.lower() for phrases in HELD_OUT_DIRECTIVES.values() for p in phrases}
+    missed = [t for t in tasks if t.metadata["directive"] and detect_directive(t.prompt) != t.metadata["directive"]]
+    fired = [t for t in tasks if t.metadata["variant"] == "near_miss" and detect_directive(t.prompt)]
+    assert missed and fired

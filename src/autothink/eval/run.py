@@ -3,8 +3,10 @@
     autothink eval --model runs/rl --suites arithmetic:1 arithmetic:5 math500 --n 50
     autothink eval --model http://localhost:8000/v1#autothink --config eval.yaml
 
-Every task of every suite is sampled under each mode, parsed, verified and its tokens counted
-per segment. Outputs in `output_dir`: `samples.jsonl` (one line per sample), `settings.json`,
+Every task of every suite is sampled under each mode (`inference.respond`: a forced mode follows
+the model's own judge), parsed, verified and its tokens counted per segment. Tasks that carry a
+directive (the `directives` suite) are scored for obedience: the reply's mode == the directive.
+Outputs in `output_dir`: `samples.jsonl` (one line per sample), `settings.json`,
 `metrics.json`, `think_tokens.png`, `accuracy_tokens.png` and `report.html`. Samples are
 appended as they finish, so a killed run resumes where it stopped: a rerun reuses every sample
 already in `samples.jsonl` (keyed by suite, mode, task id and sample index) and, when done,
@@ -23,12 +25,12 @@ from autothink.config import check_integers
 from autothink.data.runner import record_seed
 from autothink.format import (
     THINKING,
-    forced_prefix,
     install_chat_template,
     parse,
     render,
 )
 from autothink.inference.backend import Backend, BackendError, SamplingParams
+from autothink.inference.respond import ControlOptions, Reply, respond
 from autothink.inference.spec import make_backend
 from autothink.models.card import add_eval_table
 from autothink.records.jsonl import load_done, write_jsonl
@@ -37,7 +39,8 @@ from autothink.verify import verify_many
 
 SEGMENTS = ("judge", "think", "answer")
 # Settings that change what a sample is: a rerun may reuse samples only when these match.
-SAMPLE_SETTINGS = ("model", "tokenizer", "primer", "max_tokens", "temperature", "top_p", "samples", "seed")
+SAMPLE_SETTINGS = ("model", "tokenizer", "primer", "max_tokens", "temperature", "top_p", "samples", "seed",
+                   "force_directives", "forced_judge", "constrained")
 
 # A one-shot primer, so that a model not yet trained on the format can still follow it.
 PRIMER = [
@@ -52,7 +55,7 @@ PRIMER = [
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ControlOptions):
     """What to evaluate and how to sample it.
 
     Suites are written `name` (a built-in suite, see `autothink tasks list`), `name:T` (tier T,
@@ -178,29 +181,32 @@ def _count_tokens(tokenizer, texts: list[str]) -> list[int]:
 
 
 def score_samples(
-    label: str, mode: str, tasks: list[Task], outs: list, tokenizer, verify_workers: int = 0
+    label: str, mode: str, tasks: list[Task], replies: list[list[Reply]], tokenizer, verify_workers: int = 0
 ) -> list[dict]:
-    """One record per completion: the full response (forced prefix restored), its parts, tokens, verdict.
+    """One record per reply: the full response (any forced prefix included), its parts, tokens, verdict.
 
     Segment tokens count each part's text (tags excluded) with `tokenizer`; `total` is the
-    backend's count of generated tokens (the forced prefix is prompt, not output), or the
-    tokenizer's count of the completion when the backend reports none.
+    backend's count of generated tokens (forced tags are prompt, not output), or the tokenizer's
+    count of the response when the backend reports none. `directive` is the mode the task asks
+    for (`metadata.directive`, None for most tasks).
     """
-    pairs = [(task, k, c) for task, cs in zip(tasks, outs) for k, c in enumerate(cs)]
-    responses = [forced_prefix(mode) + c.text for _, _, c in pairs]
+    pairs = [(task, k, r) for task, rs in zip(tasks, replies) for k, r in enumerate(rs)]
+    responses = [r.text for _, _, r in pairs]
     verdicts = verify_many([t.verifier for t, _, _ in pairs], responses, [t.reference for t, _, _ in pairs],
                            workers=verify_workers)
     parsed = [parse(r) for r in responses]
     counts = {s: _count_tokens(tokenizer, [getattr(p, s) or "" for p in parsed]) for s in SEGMENTS}
-    recount = _count_tokens(tokenizer, [c.text for _, _, c in pairs])
+    recount = _count_tokens(tokenizer, responses)
     records = []
     for i, ((task, k, c), response, p, verdict) in enumerate(zip(pairs, responses, parsed, verdicts)):
         records.append({
             "id": sample_id(label, mode, task.id, k), "suite": label, "task_id": task.id, "tier": task.difficulty,
             "mode": mode, "sample": k, "response": response, "finish_reason": c.finish_reason,
+            "directive": task.metadata.get("directive"), "variant": task.metadata.get("variant"),
+            "base": task.metadata.get("base"),
             "parsed": {"judge": p.judge, "mode": p.mode, "think": p.think, "answer": p.answer,
                        "well_formed": p.well_formed, "errors": p.errors},
-            "tokens": {**{s: counts[s][i] for s in SEGMENTS}, "total": c.tokens or recount[i]},
+            "tokens": {**{s: counts[s][i] for s in SEGMENTS}, "total": c.completion_tokens or recount[i]},
             "passed": verdict.passed, "score": verdict.score, "detail": verdict.detail,
         })
     return records
@@ -234,6 +240,7 @@ def group_metrics(samples: list[dict], think_budget: int) -> dict:
     if not samples:
         raise ValueError("no samples to summarize")
     well_formed = [s["passed"] for s in samples if s["parsed"]["well_formed"]]
+    asked = [s["parsed"]["mode"] == s["directive"] for s in samples if s.get("directive")]
     return {
         "n": len(samples),
         "accuracy": _mean([s["passed"] for s in samples]),
@@ -244,7 +251,18 @@ def group_metrics(samples: list[dict], think_budget: int) -> dict:
         **{f"{part}_tokens": _mean([s["tokens"][part] for s in samples]) for part in (*SEGMENTS, "total")},
         "tokens_per_correct": tokens_per_correct(samples),
         "overthinking": overthinking_score(samples, think_budget),
+        "directive_obedience": _mean(asked) if asked else None,  # mode == the directive asked for
+        "near_miss_agreement": near_miss_agreement(samples),
     }
+
+
+def near_miss_agreement(samples: list[dict]) -> float | None:
+    """Share of near-miss samples (`variant` "near_miss") in the mode of the same question asked plainly
+    (same base, mode control and sample index); None when there are no such pairs."""
+    plain = {(s["base"], s["mode"], s["sample"]): s["parsed"]["mode"] for s in samples if s.get("variant") == "plain"}
+    pairs = [(s["parsed"]["mode"], plain[key]) for s in samples if s.get("variant") == "near_miss"
+             and (key := (s["base"], s["mode"], s["sample"])) in plain]
+    return _mean([a == b for a, b in pairs]) if pairs else None
 
 
 def summarize(records: list[dict], suites: list[str], modes: list[str], think_budget: int) -> dict:
@@ -289,7 +307,7 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
     samples_path = out / "samples.jsonl"
     done = load_done(samples_path)
     params = SamplingParams(n=config.samples, temperature=config.temperature, top_p=config.top_p,
-                            max_tokens=config.max_tokens)
+                            max_tokens=config.max_tokens, constrained=config.constrained)
     prefix = PRIMER if config.primer else []
     ids = [sample_id(label, mode, task.id, k) for label, tasks in suites.items() for mode in config.modes
            for task in tasks for k in range(config.samples)]
@@ -304,8 +322,9 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
                 for start in range(0, len(todo), config.batch_size):
                     chunk = todo[start : start + config.batch_size]
                     seeded = replace(params, seed=record_seed(config.seed, label, mode, chunk[0].id))
-                    outs = backend.generate([prefix + t.messages for t in chunk], seeded, thinking=mode)
-                    for record in score_samples(label, mode, chunk, outs, tokenizer, config.verify_workers):
+                    replies = respond(backend, [prefix + t.messages for t in chunk], seeded, thinking=mode,
+                                      force_directives=config.force_directives, forced_judge=config.forced_judge)
+                    for record in score_samples(label, mode, chunk, replies, tokenizer, config.verify_workers):
                         if record["id"] not in done:
                             sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                             sink.flush()

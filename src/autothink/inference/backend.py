@@ -16,6 +16,9 @@ mode the completion text starts *after* the forced prefix (`autothink.format.for
 `</think><answer>`): locally it is appended after the rendered generation prompt; over HTTP it is
 sent as a final assistant message with vLLM's `continue_final_message=True`. `stream` yields a
 completion's text while it is generated.
+
+`SamplingParams(constrained=True)` keeps every reply inside the AutoThink grammar with a logits
+processor (`inference.constrained`); only backends that sample locally (`supports_constrained`) can.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class SamplingParams:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    constrained: bool = False  # keep replies in the AutoThink grammar (backends that `supports_constrained`)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -66,6 +70,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.stop must be a tuple of non-empty strings, got {self.stop!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"SamplingParams.seed must be an integer or None, got {self.seed!r}")
+        if not isinstance(self.constrained, bool):
+            raise ValueError(f"SamplingParams.constrained must be a boolean, got {self.constrained!r}")
 
     @property
     def greedy(self) -> bool:
@@ -96,6 +102,15 @@ def check_thinking(thinking: str | None) -> None:
         raise ValueError(f"thinking must be None, 'auto', 'on' or 'off', got {thinking!r}")
 
 
+def check_params(backend: "Backend", params: SamplingParams) -> None:
+    """Raise TypeError for params that are not `SamplingParams`, ValueError for what `backend` cannot do."""
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+    if params.constrained and not backend.supports_constrained:
+        raise ValueError(f"{type(backend).__name__} cannot constrain decoding to the AutoThink format; "
+                         "constrained decoding needs a local model")
+
+
 def _check_prefixes(prefix, count: int) -> list[str] | None:
     """One prefix per conversation from `prefix` (None, one string for all, or one per conversation)."""
     if prefix is None:
@@ -111,7 +126,8 @@ class Backend(ABC):
 
     Subclasses implement `_generate(conversations, params, thinking)`; those that can continue a
     partly written reply set `supports_prefix = True` and accept `prefixes=` there too; those that
-    can stop a generation half-way set `supports_cancel = True` and accept `cancel=`. `stream`
+    can stop a generation half-way set `supports_cancel = True` and accept `cancel=`; those that
+    can constrain decoding to the AutoThink grammar set `supports_constrained = True`. `stream`
     works on every backend; subclasses that can stream override it. A backend that knows its
     model's context sets `context_length` and counts `prompt_tokens`, so callers (the server) can
     bound a request before it runs.
@@ -121,6 +137,7 @@ class Backend(ABC):
     supports_tools: bool = False
     supports_prefix: bool = False
     supports_cancel: bool = False
+    supports_constrained: bool = False
     context_length: int | None = None
 
     def prompt_tokens(self, conversation: Conversation, thinking: str | None = None) -> int | None:
@@ -148,11 +165,10 @@ class Backend(ABC):
                 calls come back in the text as `<tool_call>` blocks (`tasks.tool_calls`).
 
         Raises:
-            ValueError: a bad `thinking` or `prefix`, or a prefix for a backend that cannot
-                continue replies.
+            ValueError: a bad `thinking` or `prefix`, a prefix for a backend that cannot
+                continue replies, or constrained decoding on one that cannot constrain it.
         """
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        check_params(self, params)
         check_thinking(thinking)
         conversations = [list(c) for c in conversations]
         prefixes = _check_prefixes(prefix, len(conversations))
@@ -182,6 +198,7 @@ class Backend(ABC):
         Raises:
             ValueError: `params.n` is not 1 (or as `generate`).
         """
+        check_params(self, params)
         if params.n != 1:
             raise ValueError(f"stream samples one completion; got n={params.n}")
         completion = self.generate([conversation], params, thinking, prefix=prefix or None)[0][0]

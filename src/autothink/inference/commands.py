@@ -15,23 +15,22 @@ from tqdm import tqdm
 
 from autothink.format import THINKING, install_chat_template
 from autothink.inference.backend import Backend, Conversation, SamplingParams
-from autothink.inference.respond import Reply, check_controls, respond, respond_stream
+from autothink.inference.respond import ControlOptions, Reply, check_controls, respond, respond_stream
 from autothink.inference.spec import make_backend
 from autothink.records.jsonl import RecordError, read_jsonl, write_jsonl
 from autothink.records.messages import as_messages
 
 
 @dataclass
-class ReplyOptions:
+class ReplyOptions(ControlOptions):
     """How to reply: the model, the mode control and the sampling settings."""
 
     model: str = field(default="smollm2-135m-instruct", metadata={
         "help": "embedded name, model dir, hub id or http://host:port/v1#model"})
     thinking: str = field(default="auto", metadata={
-        "help": "auto: the model decides (a prompt directive forces its mode); on/off: forced",
+        "help": "auto: the model decides; on/off: forced after the model's judge",
         "choices": list(THINKING)})
     thinking_budget: int | None = field(default=None, metadata={"help": "force </think><answer> after N think tokens"})
-    no_directives: bool = field(default=False, metadata={"help": "do not force the mode a prompt asks for"})
     max_tokens: int = field(default=512, metadata={"help": "generated tokens per reply, all segments"})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
@@ -41,7 +40,7 @@ class ReplyOptions:
 
     def params(self, n: int = 1) -> SamplingParams:
         return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                              seed=self.seed)
+                              seed=self.seed, constrained=self.constrained)
 
     def backend(self) -> Backend:
         """The backend of `model`; a local model gets the `thinking` chat template."""
@@ -98,14 +97,15 @@ CHAT_HELP = "commands: /mode auto|on|off, /budget N|off, /reset, /quit"
 
 
 def chat(backend: Backend, params: SamplingParams, lines, write, thinking: str = "auto",
-         thinking_budget: int | None = None, directives: bool = True) -> list[Reply]:
+         thinking_budget: int | None = None, force_directives: bool = False,
+         forced_judge: str = "model") -> list[Reply]:
     """A multi-turn chat: each line of `lines` is a user turn or a command (`CHAT_HELP`).
 
     Replies are written through `write` as they are generated (the raw AutoThink text), each
     followed by a line with its mode and token counts. The history keeps each reply's answer
     (the whole text when it has none), not its reasoning. Returns the replies.
     """
-    check_controls(params, thinking, thinking_budget)
+    check_controls(params, thinking, thinking_budget, forced_judge)
     history: list[dict] = []
     replies: list[Reply] = []
     for line in lines:
@@ -130,7 +130,8 @@ def chat(backend: Backend, params: SamplingParams, lines, write, thinking: str =
                 write(f"(unknown command or argument: {line!r}; {CHAT_HELP})\n")
             continue
         history.append({"role": "user", "content": line})
-        for item in respond_stream(backend, history, params, thinking, thinking_budget, directives):
+        for item in respond_stream(backend, history, params, thinking, thinking_budget, force_directives,
+                                   forced_judge):
             if isinstance(item, str):
                 write(item)
         reply = item
@@ -159,7 +160,7 @@ def run_generate(config: GenerateConfig) -> None:
         for start in range(0, len(items), config.batch_size):
             chunk = items[start:start + config.batch_size]
             replies = respond(backend, [c for _, c in chunk], params, config.thinking, config.thinking_budget,
-                              directives=not config.no_directives)
+                              config.force_directives, config.forced_judge)
             records += [{"id": id_, "sample": k, **r.to_dict()} for (id_, _), group in zip(chunk, replies)
                         for k, r in enumerate(group)]
             bar.update(len(chunk))
@@ -191,4 +192,5 @@ def run_chat(config: ChatConfig) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    chat(backend, params, lines(), write, config.thinking, config.thinking_budget, directives=not config.no_directives)
+    chat(backend, params, lines(), write, config.thinking, config.thinking_budget, config.force_directives,
+         config.forced_judge)

@@ -20,14 +20,16 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from autothink.format import MODES
+from autothink.format import MODES, forced_prefix
 from autothink.inference.backend import (
     Backend,
     Completion,
     Conversation,
     SamplingParams,
+    check_params,
     check_thinking,
 )
+from autothink.inference.constrained import FormatGrammar, FormatLogitsProcessor, state_after
 from autothink.tasks.tool_calls import chat_message
 
 
@@ -41,6 +43,8 @@ class LocalBackend(Backend):
     Each row samples with its own generator seeded by (call seed, row), so a seeded call gives the
     same completions whatever it was batched with, and the global torch RNG is left untouched.
     `prefix=` is appended to the rendered prompt text; `stream` decodes token by token.
+    `SamplingParams(constrained=True)` masks each step's logits to the AutoThink grammar
+    (`inference.constrained`), read from the start of the reply (forced prefix and `prefix=` included).
 
     Args:
         model: a causal LM (eval mode is set).
@@ -52,6 +56,7 @@ class LocalBackend(Backend):
     supports_tools = True
     supports_prefix = True
     supports_cancel = True
+    supports_constrained = True
 
     def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -73,6 +78,7 @@ class LocalBackend(Backend):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self.context_length = getattr(model.config, "max_position_embeddings", None)
         self._stop_criteria: dict[tuple, StopStringCriteria] = {}
+        self._grammar: FormatGrammar | None = None
         self._lock = threading.Lock()  # the model: one generate at a time
         self._pending: list[_Call] = []  # calls waiting to be coalesced
         self._cv = threading.Condition()
@@ -122,6 +128,18 @@ class LocalBackend(Backend):
             for c, p in zip(conversations, prefixes)
         ]
 
+    @staticmethod
+    def _replies(count: int, thinking: str | None, prefixes: Sequence[str] | None) -> list[str]:
+        """The reply text each prompt already ends with: the forced prefix, then the continued prefix."""
+        forced = forced_prefix(thinking) if thinking is not None else ""
+        return [forced + p for p in (prefixes or [""] * count)]
+
+    def grammar(self) -> FormatGrammar:
+        """The AutoThink grammar over this tokenizer (built on first use, rebuilt if the vocabulary grew)."""
+        if self._grammar is None or len(self._grammar.texts) != len(self.tokenizer):
+            self._grammar = FormatGrammar(self.tokenizer, self.eos_ids)
+        return self._grammar
+
     def prompt_tokens(self, conversation: Conversation, thinking: str | None = None) -> int:
         return len(self._encode([conversation], thinking)[0])
 
@@ -136,7 +154,8 @@ class LocalBackend(Backend):
         cancel: Callable[[], bool] | None = None,
         tools: list[dict] | None = None,
     ) -> list[list[Completion]]:
-        call = _Call(self._encode(conversations, thinking, prefixes, tools), params, cancel)
+        call = _Call(self._encode(conversations, thinking, prefixes, tools), params, cancel,
+                     self._replies(len(conversations), thinking, prefixes))
         with self._cv:
             self._pending.append(call)
             while not call.done and self._running:
@@ -161,10 +180,11 @@ class LocalBackend(Backend):
         """Several calls with the same sampling settings as one `_sample`; results split back per call."""
         prompts = [p for c in calls for p in c.prompts]
         seeds = [(c.seed, i) for c in calls for i in range(len(c.prompts))]
+        replies = [r for c in calls for r in c.replies]
         cancels = [c.cancel for c in calls]  # a shared batch stops when every caller has cancelled
         cancel = (lambda: all(f() for f in cancels)) if all(f is not None for f in cancels) else None
         with self._lock:
-            results = self._sample(prompts, calls[0].params, seeds=seeds, cancel=cancel)
+            results = self._sample(prompts, calls[0].params, seeds=seeds, cancel=cancel, replies=replies)
         out, start = [], 0
         for c in calls:
             out.append(results[start:start + len(c.prompts)])
@@ -178,8 +198,7 @@ class LocalBackend(Backend):
 
         `model.generate` runs in a worker thread; closing the iterator early stops it at the next token.
         """
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        check_params(self, params)
         if params.n != 1:
             raise ValueError(f"stream samples one completion; got n={params.n}")
         check_thinking(thinking)
@@ -194,7 +213,8 @@ class LocalBackend(Backend):
             try:
                 with self._lock:
                     out = self._sample([prompt], params, seeds=[(_Call.seed_of(params), 0)],
-                                       streamer=_TokenQueue(pieces), cancel=cancel.is_set)
+                                       streamer=_TokenQueue(pieces), cancel=cancel.is_set,
+                                       replies=self._replies(1, thinking, [prefix]))
                 pieces.put(out[0][0])
             except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
                 pieces.put(err)
@@ -223,9 +243,11 @@ class LocalBackend(Backend):
 
     def _sample(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]],
-        streamer=None, cancel: Callable[[], bool] | None = None,
+        streamer=None, cancel: Callable[[], bool] | None = None, replies: list[str] | None = None,
     ) -> list[list[Completion]]:
-        """`params.n` completions per prompt; `seeds[i]` = (call seed, index in the call) of prompt i."""
+        """`params.n` completions per prompt; `seeds[i]` = (call seed, index in the call) of prompt i;
+        `replies[i]` the reply text prompt i ends with (read by constrained decoding)."""
+        replies = replies or [""] * len(prompts)
         rows = [i for i in range(len(prompts)) for _ in range(params.n)]  # row -> prompt
         # Longest prompts first, stable: batches hold rows of similar length.
         order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r]]))
@@ -233,14 +255,16 @@ class LocalBackend(Backend):
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             row_seeds = [(*seeds[rows[r]], r % params.n) for r in chunk]
-            outs = self._generate_batch([prompts[rows[r]] for r in chunk], params, row_seeds, streamer, cancel)
+            outs = self._generate_batch([prompts[rows[r]] for r in chunk], params, row_seeds, streamer, cancel,
+                                        [replies[rows[r]] for r in chunk])
             for r, out in zip(chunk, outs):
                 results[r] = out
         n = params.n
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams, row_seeds: list[tuple], streamer=None, cancel=None
+        self, prompts: list[list[int]], params: SamplingParams, row_seeds: list[tuple], streamer=None, cancel=None,
+        replies: list[str] | None = None,
     ) -> list[Completion]:
         device = self.model.device
         width = max(len(p) for p in prompts)
@@ -259,8 +283,14 @@ class LocalBackend(Backend):
             num_beams=1,
             use_cache=True,  # a checkpoint saved by a trainer may say otherwise (decoding then recomputes everything)
         )
+        processors = []
+        if params.constrained:  # the grammar masks first, so the sampler draws among allowed tokens
+            grammar = self.grammar()
+            processors.append(FormatLogitsProcessor(grammar, [state_after(r) for r in replies]))
         if not params.greedy:
-            kwargs["logits_processor"] = LogitsProcessorList([_RowSampler(row_seeds, params, device)])
+            processors.append(_RowSampler(row_seeds, params, device))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         criteria = [self._stop_criterion(params.stop)] if params.stop else []
         criteria += [_Cancelled(cancel)] if cancel is not None else []
         if criteria:
@@ -317,8 +347,10 @@ class LocalBackend(Backend):
 class _Call:
     """One `generate` call waiting to be run, alone or coalesced with alike calls."""
 
-    def __init__(self, prompts: list[list[int]], params: SamplingParams, cancel: Callable[[], bool] | None = None):
+    def __init__(self, prompts: list[list[int]], params: SamplingParams, cancel: Callable[[], bool] | None,
+                 replies: list[str]):
         self.prompts, self.params, self.seed, self.cancel = prompts, params, self.seed_of(params), cancel
+        self.replies = replies
         self.key = dataclasses.replace(params, seed=None)  # calls differing only in seed run together
         self.done, self._outcome = False, None
 

@@ -5,11 +5,17 @@
     r = replies[0][0]            # one list of n replies per conversation
     r.parts.answer, r.mode, r.think_tokens, r.budget_hit
 
-Control (DESIGN §3): `thinking="on"|"off"` forces the mode token after an empty judge (the chat
-template's forced prefix). With `"auto"` the model decides, unless the last user message holds a
-directive ("DO NOT THINK", "Think deeper", ...; `autothink.format.detect_directive`): that mode
-is then forced, so directives hold even for a model that has not learnt them. Generation stops
-at `</answer>`.
+Control (DESIGN §3, §4): with `thinking="auto"` the model decides, directives in the prompt
+("DO NOT THINK", "Think deeper", ...) included: a model trained on them obeys them itself.
+`thinking="on"|"off"` forces the mode token *after the model's own judge*: the reply starts with
+`<judge>`, the judge stops at `</judge>` (or at any later tag the model writes instead, which is
+dropped), then `</judge>` and the mode token are appended (with `<think>` for on, `<answer>` for
+off) and the model continues. `forced_judge="empty"`, and backends that cannot continue a reply,
+use the chat template's forced prefix instead: an empty judge, then the mode token (a context
+that the SFT data never shows; kept as the measured fallback). `force_directives=True` forces the
+mode of a directive found in the prompt (`autothink.format.detect_directive`, a regex) for models
+that have not learnt directives. Generation stops at `</answer>`. `SamplingParams(constrained=True)`
+keeps the reply in the AutoThink grammar on backends that can (`inference.constrained`).
 
 A thinking budget of N tokens runs the reply in stages, each continuing the text so far
 (`Backend.generate(prefix=...)`): in auto mode the judge up to `<think>` (or to `</answer>` for a
@@ -21,15 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from autothink.format import (
     ANSWER,
     ANSWER_END,
+    JUDGE,
+    JUDGE_END,
+    MODE_TOKENS,
     SPECIAL_TOKENS,
     THINK,
     THINK_END,
+    THINK_OFF,
+    THINK_ON,
     THINKING,
     Mode,
     Parsed,
@@ -44,8 +55,23 @@ from autothink.inference.backend import (
     SamplingParams,
 )
 
-_JUDGE, _THINK, _ANSWER = "judge", "think", "answer"  # stages
-_STAGE_STOPS = {_JUDGE: (THINK, ANSWER_END), _THINK: (THINK_END,), _ANSWER: (ANSWER_END,)}
+_JUDGE, _OWN_JUDGE, _THINK, _ANSWER = "judge", "own_judge", "think", "answer"  # stages
+_STAGE_STOPS = {_JUDGE: (THINK, ANSWER_END), _OWN_JUDGE: (JUDGE_END, THINK_ON, THINK_OFF, THINK, ANSWER, ANSWER_END),
+                _THINK: (THINK_END,), _ANSWER: (ANSWER_END,)}
+FORCED_JUDGES = ("model", "empty")  # a forced mode follows the model's own judge, or an empty one
+
+
+@dataclass
+class ControlOptions:
+    """The reply controls beyond `thinking` and the budget: flags of generate, chat, serve and eval."""
+
+    force_directives: bool = field(default=False, metadata={
+        "help": "force the mode a prompt directive asks for (a regex); by default the model decides"})
+    forced_judge: str = field(default="model", metadata={
+        "help": "a forced mode follows the model's own judge (model) or an empty one (empty: the prefill fallback)",
+        "choices": list(FORCED_JUDGES)})
+    constrained: bool = field(default=False, metadata={
+        "help": "keep replies in the AutoThink grammar with a logits processor (local models)"})
 
 
 @dataclass
@@ -53,8 +79,9 @@ class Reply:
     """One reply: the text, its parsed parts, how the mode was controlled and what it cost.
 
     `text` is the whole response as `autothink.format.parse` takes it (a forced prefix included).
-    `thinking` is the control applied ("auto", or the mode forced by the request or by
-    `directive`, the directive found in the prompt). Token counts: `completion_tokens` are all
+    `thinking` is the control applied ("auto", or the mode forced by the request or, under
+    `force_directives`, by `directive`); `directive` is the directive found in the prompt, forced
+    or not (so its obedience can be scored). Token counts: `completion_tokens` are all
     generated tokens (from the backend); the per-segment counts are the segments' contents
     (tags excluded), counted with the backend's tokenizer when it has one, else the completion
     tokens split in proportion to characters (an estimate). `finish_reason` is "stop" or
@@ -106,7 +133,10 @@ class _Row:
     directive: Mode | None
     stage: str
     text: str  # the reply so far; its first `start` characters are the forced prefix,
-    start: int  # which the backend renders itself from `thinking`
+    start: int  # which the backend renders itself from `render`
+    render: str  # the `thinking` the backend's chat template gets
+    budget: int | None = None  # the thinking budget
+    fresh: bool = True  # nothing generated yet: the n rows of a conversation are sampled together
     tokens: int = 0
     prompt_tokens: int = 0
     finish_reason: str = ""
@@ -119,8 +149,11 @@ class _Row:
         return self.text[self.start:]
 
 
-def check_controls(params: SamplingParams, thinking: str, thinking_budget: int | None) -> None:
-    """Raise TypeError / ValueError for bad sampling params, `thinking` or `thinking_budget`."""
+def check_controls(params: SamplingParams, thinking: str, thinking_budget: int | None,
+                   forced_judge: str = "model") -> None:
+    """Raise TypeError / ValueError for bad sampling params, `thinking`, `thinking_budget` or `forced_judge`."""
+    if forced_judge not in FORCED_JUDGES:
+        raise ValueError(f"forced_judge must be 'model' or 'empty', got {forced_judge!r}")
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
     if thinking not in THINKING:
@@ -136,15 +169,20 @@ def _directive(conversation: Conversation) -> Mode | None:
     return detect_directive(users[-1]) if users and isinstance(users[-1], str) else None
 
 
-def _start(conv: int, conversation: Conversation, thinking: str, budget: int | None, directives: bool) -> _Row:
-    directive = _directive(conversation) if directives else None
-    control = directive if thinking == "auto" and directive else thinking
+def _start(conv: int, conversation: Conversation, thinking: str, budget: int | None, force_directives: bool,
+           own_judge: bool) -> _Row:
+    directive = _directive(conversation)
+    control = directive if thinking == "auto" and directive and force_directives else thinking
+    if control != "auto" and own_judge:  # the model writes its judge; the mode token comes after it
+        return _Row(conv=conv, thinking=control, directive=directive, stage=_OWN_JUDGE, text=JUDGE, start=0,
+                    render="auto", budget=budget)
     prefix = forced_prefix(control)
     if budget is None or control == "off":
         stage = _ANSWER
     else:
         stage = _THINK if control == "on" else _JUDGE
-    return _Row(conv=conv, thinking=control, directive=directive, stage=stage, text=prefix, start=len(prefix))
+    return _Row(conv=conv, thinking=control, directive=directive, stage=stage, text=prefix, start=len(prefix),
+                render=control, budget=budget)
 
 
 def _stage_params(params: SamplingParams, row: _Row, budget: int | None) -> SamplingParams:
@@ -158,11 +196,16 @@ def _stage_params(params: SamplingParams, row: _Row, budget: int | None) -> Samp
 def _advance(row: _Row, c: Completion, params: SamplingParams) -> str:
     """Add one stage's completion to `row` and move it on; returns the tags appended after the text."""
     row.tokens += c.tokens
+    row.fresh = False
     row.prompt_tokens = row.prompt_tokens or c.prompt_tokens
     row.text += c.text
     added, stage = "", None
     if c.stop_reason is not None and c.stop_reason in params.stop:
         row.stop_reason = c.stop_reason  # the caller's stop string ends the reply
+    elif row.stage == _OWN_JUDGE and (c.finish_reason == "stop" or row.tokens < params.max_tokens):
+        # the judge ended (at </judge>, another tag, EOS or the budget): close it and force the mode
+        added = JUDGE_END + MODE_TOKENS[row.thinking] + (THINK if row.thinking == "on" else ANSWER)
+        stage = _THINK if row.thinking == "on" and row.budget is not None else _ANSWER
     elif row.stage == _JUDGE and c.stop_reason == THINK:
         added, stage = THINK, _THINK
     elif row.stage == _THINK and c.stop_reason == THINK_END:
@@ -206,7 +249,8 @@ def respond(
     params: SamplingParams,
     thinking: str = "auto",
     thinking_budget: int | None = None,
-    directives: bool = True,
+    force_directives: bool = False,
+    forced_judge: str = "model",
     cancel: Callable[[], bool] | None = None,
 ) -> list[list[Reply]]:
     """`params.n` replies per conversation, with mode control and an optional thinking budget.
@@ -214,47 +258,51 @@ def respond(
     Each stage is one batched `backend.generate` call over every reply that reached it.
 
     Args:
-        thinking: "auto" (the model decides; a directive in the prompt forces its mode),
-            "on" or "off" (forced).
+        thinking: "auto" (the model decides), "on" or "off" (forced after the model's judge).
         thinking_budget: most think tokens before `</think><answer>` is forced (None: no limit).
-        directives: whether prompt directives force the mode under "auto".
+        force_directives: under "auto", force the mode a prompt directive asks for (regex), instead
+            of leaving it to the model.
+        forced_judge: "model" (a forced mode follows the model's own judge) or "empty" (the chat
+            template's empty-judge prefix; also what backends that cannot continue a reply get).
         cancel: once it returns True, generation stops where it is (backends that `supports_cancel`)
             and no further stage starts.
 
     Raises:
-        ValueError: a bad `thinking` or `thinking_budget`, or a budget for a backend that cannot
-            continue a reply from a prefix.
+        ValueError: a bad `thinking`, `thinking_budget` or `forced_judge`, or a budget for a backend
+            that cannot continue a reply from a prefix.
 
-    >>> replies = respond(backend, [[{"role": "user", "content": "2+2? DO NOT THINK"}]], SamplingParams())
-    >>> replies[0][0].thinking                                   # doctest: +SKIP
-    'off'
+    >>> replies = respond(backend, [[{"role": "user", "content": "2+2?"}]], SamplingParams(), thinking="off")
+    >>> replies[0][0].text                                       # doctest: +SKIP
+    '<judge>Simple addition.</judge><think_off><answer>4</answer>'
     """
-    check_controls(params, thinking, thinking_budget)
+    check_controls(params, thinking, thinking_budget, forced_judge)
     if thinking_budget is not None and not backend.supports_prefix:
         raise ValueError(f"a thinking budget needs a backend that continues replies; {backend!r} does not")
     conversations = [list(c) for c in conversations]
+    own_judge = forced_judge == "model" and backend.supports_prefix
     rows = [
-        _start(i, conv, thinking, thinking_budget, directives) for i, conv in enumerate(conversations)
-        for _ in range(params.n)
+        _start(i, conv, thinking, thinking_budget, force_directives, own_judge)
+        for i, conv in enumerate(conversations) for _ in range(params.n)
     ]
     stop = {"cancel": cancel} if cancel is not None else {}
     while (pending := [r for r in rows if not r.done]) and not (cancel and cancel()):
         groups: dict[tuple, list[_Row]] = defaultdict(list)
         for row in pending:
-            groups[(row.thinking, _stage_params(params, row, thinking_budget))].append(row)
-        for (control, stage_params), group in groups.items():
-            fresh = [r for r in group if not r.generated]  # no text yet: all n rows of a conversation
-            convs = list(dict.fromkeys(r.conv for r in fresh))  # sampled together (n per conversation)
+            groups[(row.render, _stage_params(params, row, thinking_budget))].append(row)
+        for (render, stage_params), group in groups.items():
+            fresh = [r for r in group if r.fresh]  # all n rows of a conversation, sampled together
+            going = [r for r in group if not r.fresh]
+            first = {r.conv: r for r in reversed(fresh)}
+            convs = list(dict.fromkeys(r.conv for r in fresh))
             if convs:
                 outs = backend.generate([conversations[i] for i in convs],
-                                        dataclasses.replace(stage_params, n=params.n),
-                                        thinking=control, **stop)
+                                        dataclasses.replace(stage_params, n=params.n), thinking=render,
+                                        prefix=[first[i].generated for i in convs], **stop)
                 by_conv = {i: iter(out) for i, out in zip(convs, outs)}
                 for row in fresh:
                     _advance(row, next(by_conv[row.conv]), params)
-            going = [r for r in group if r.generated and r not in fresh]
             if going:
-                outs = backend.generate([conversations[r.conv] for r in going], stage_params, thinking=control,
+                outs = backend.generate([conversations[r.conv] for r in going], stage_params, thinking=render,
                                         prefix=[r.generated for r in going], **stop)
                 for row, out in zip(going, outs):
                     _advance(row, out[0], params)
@@ -268,25 +316,27 @@ def respond_stream(
     params: SamplingParams,
     thinking: str = "auto",
     thinking_budget: int | None = None,
-    directives: bool = True,
+    force_directives: bool = False,
+    forced_judge: str = "model",
 ) -> Iterator[str | Reply]:
     """One reply as it is generated: text pieces (concatenating to `Reply.text`), then the `Reply`.
 
     Same control and stages as `respond` (`params.n` must be 1); pieces arrive as the backend's
     `stream` produces them (token by token for `LocalBackend`).
     """
-    check_controls(params, thinking, thinking_budget)
+    check_controls(params, thinking, thinking_budget, forced_judge)
     if params.n != 1:
         raise ValueError(f"respond_stream produces one reply; got n={params.n}")
     if thinking_budget is not None and not backend.supports_prefix:
         raise ValueError(f"a thinking budget needs a backend that continues replies; {backend!r} does not")
     conversation = list(conversation)
-    row = _start(0, conversation, thinking, thinking_budget, directives)
+    row = _start(0, conversation, thinking, thinking_budget, force_directives,
+                 forced_judge == "model" and backend.supports_prefix)
     if row.text:
         yield row.text
     while not row.done:
         completion = None
-        for item in backend.stream(conversation, _stage_params(params, row, thinking_budget), thinking=row.thinking,
+        for item in backend.stream(conversation, _stage_params(params, row, thinking_budget), thinking=row.render,
                                    prefix=row.generated):
             if isinstance(item, Completion):
                 completion = item

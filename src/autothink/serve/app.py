@@ -7,13 +7,15 @@
     GET  /v1/models
     GET  /health                200 {"status": "ok"}, 503 {"status": "draining"} while shutting down
 
-Replies come from `autothink.inference.respond` (stop at `</answer>`, forced modes, prompt
-directives, thinking budget). In a choice, `message.reasoning` (and, under the name older vLLM and
+Replies come from `autothink.inference.respond` (stop at `</answer>`, forced modes after the
+model's own judge, thinking budget; `--force_directives`, `--forced_judge empty` and `--constrained`
+apply to every request). In a choice, `message.reasoning` (and, under the name older vLLM and
 DeepSeek clients read, `message.reasoning_content`) holds the judge and the
 thinking, `message.content` the answer (a reply not in the AutoThink format is all content), as
 do the deltas of a stream (`data: {chunk}` lines, then `data: [DONE]`). Beyond OpenAI's schema
 each choice carries `thinking_mode` (the mode the reply is in: "on", "off" or null), `thinking`
-(the control applied: "auto", or the mode forced by the request or a prompt directive),
+(the control applied: "auto", or the mode forced by the request or, under `--force_directives`, a
+prompt directive),
 `raw_content` (the generated text with its tags; `HTTPBackend` reads it), `completion_tokens`
 and `stop_reason`; `usage.completion_tokens_details.reasoning_tokens` counts judge and think
 tokens. With `continue_final_message=true` the final assistant message is continued as is (raw
@@ -51,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autothink.format import install_chat_template
 from autothink.inference.backend import Backend, SamplingParams
-from autothink.inference.respond import ReasoningSplitter, Reply
+from autothink.inference.respond import ControlOptions, ReasoningSplitter, Reply
 from autothink.inference.spec import make_backend
 from autothink.serve.protocol import (
     DEFAULT_MAX_TOKENS,
@@ -120,7 +122,7 @@ async def stream_events(job: Job, model: str, requested: str | None, include_usa
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ControlOptions):
     """`autothink serve`: a model behind an OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`, `/health`)."""
 
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "embedded name, model dir or hub id"})
@@ -135,7 +137,6 @@ class ServeConfig:
     max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={"help": "default max_tokens of a request"})
     grace_seconds: float = field(default=60.0, metadata={
         "help": "on Ctrl+C / SIGTERM, how long to let queued and running requests finish (then they are stopped)"})
-    no_directives: bool = field(default=False, metadata={"help": "do not force the mode a prompt asks for"})
     served_model_name: str | None = field(default=None, metadata={
         "help": "the model name clients use (default: the model's directory or embedded name)"})
     api_key: str | None = field(default=None, metadata={
@@ -152,13 +153,13 @@ class ServerStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def _job_for(body: ChatCompletionRequest, default_max_tokens: int, backend: Backend) -> Job:
+def _job_for(body: ChatCompletionRequest, default_max_tokens: int, backend: Backend, constrained: bool) -> Job:
     """Validate a request into a job (raises `APIError` 400): what it asks must be servable and bounded."""
     refused = body.refused()
     if refused:
         raise APIError(400, f"{refused[1]} is not supported by this server (field {refused[0]!r})", param=refused[0])
     try:
-        params = body.sampling_params(default_max_tokens)
+        params = dataclasses.replace(body.sampling_params(default_max_tokens), constrained=constrained)
         thinking = body.thinking_mode()
         budget = body.thinking_budget_tokens()
     except ValueError as err:
@@ -214,7 +215,7 @@ async def _cancel_when_gone(request: Request, job: Job, every_s: float = 0.2) ->
 
 def create_app(backend: Backend, model_name: str | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
                max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH,
-               directives: bool = True, api_key: str | None = None) -> FastAPI:
+               controls: ControlOptions | None = None, api_key: str | None = None) -> FastAPI:
     """The FastAPI app serving `backend` as model `model_name` (default: `backend.name`).
 
     With `api_key`, every `/v1/...` request must carry `Authorization: Bearer <api_key>` (else 401),
@@ -224,7 +225,11 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
     while the app is served).
     """
     name = model_name or backend.name
-    scheduler = Scheduler(backend, max_queue=max_queue, max_batch=max_batch, directives=directives)
+    controls = controls or ControlOptions()
+    if controls.constrained and not backend.supports_constrained:
+        raise ValueError(f"--constrained needs a local model; {backend!r} cannot constrain decoding")
+    scheduler = Scheduler(backend, max_queue=max_queue, max_batch=max_batch,
+                          force_directives=controls.force_directives, forced_judge=controls.forced_judge)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -284,7 +289,7 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
         if body.model and body.model != name:
             raise APIError(404, f"model {body.model!r} not found; this server serves {name!r}", "not_found_error",
                            "model")
-        job = _job_for(body, default_max_tokens, backend)
+        job = _job_for(body, default_max_tokens, backend, controls.constrained)
         requested = body.thinking_mode()
         if job.stream:
             job.events = asyncio.Queue()
@@ -384,5 +389,6 @@ def run_serve(config: ServeConfig) -> None:
     backend = make_backend(config.model, device=config.device, dtype=config.dtype)
     install_chat_template(backend.tokenizer)
     serve(backend, host=config.host, port=config.port, grace_s=config.grace_seconds, max_queue=config.max_queue,
-          max_batch=config.max_batch, default_max_tokens=config.max_tokens, directives=not config.no_directives,
+          max_batch=config.max_batch, default_max_tokens=config.max_tokens,
+          controls=ControlOptions(config.force_directives, config.forced_judge, config.constrained),
           model_name=config.served_model_name, api_key=config.api_key or os.environ.get("AUTOTHINK_API_KEY"))

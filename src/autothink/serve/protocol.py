@@ -225,7 +225,8 @@ def reply_fields(reply: Reply, requested: str | None) -> dict:
     return {
         "thinking_mode": reply.mode,
         "thinking": reply.thinking,
-        "raw_content": reply.text[len(forced_prefix(requested or "auto")):],
+        "raw_content": reply.text.removeprefix(forced_prefix(requested or "auto")),  # the whole reply after its
+        # own judge; after the forced prefix when the reply starts with it (`--forced_judge empty`)
         "completion_tokens": reply.completion_tokens,
         "stop_reason": reply.stop_reason,
     }

@@ -68,15 +68,16 @@ class Scheduler:
     Args:
         max_queue: most jobs waiting (not counting the batch running); more → 429.
         max_batch: most conversations run together in one `respond` call.
-        directives: whether prompt directives force the mode under thinking="auto".
+        force_directives, forced_judge: as for `respond`.
     """
 
     def __init__(self, backend: Backend, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH,
-                 directives: bool = True):
+                 force_directives: bool = False, forced_judge: str = "model"):
         for name, value in (("max_queue", max_queue), ("max_batch", max_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.backend, self.max_queue, self.max_batch, self.directives = backend, max_queue, max_batch, directives
+        self.backend, self.max_queue, self.max_batch = backend, max_queue, max_batch
+        self.force_directives, self.forced_judge = force_directives, forced_judge
         self.queue: deque[Job] = deque()
         self.running = 0
         self._running_jobs: list[Job] = []
@@ -177,7 +178,7 @@ class Scheduler:
                                                     cancel=cancelled)[0])
             else:
                 replies = respond(self.backend, [j.conversation for j in batch], first.params, first.thinking,
-                                  first.budget, self.directives, cancel=cancelled)
+                                  first.budget, self.force_directives, self.forced_judge, cancel=cancelled)
                 for job, group in zip(batch, replies):
                     job.fail(gone) if job.cancelled.is_set() else job.resolve(group)
         except Exception as err:  # noqa: BLE001 - each client gets the reason, the worker keeps running
@@ -189,7 +190,7 @@ class Scheduler:
             items = self.backend.stream(job.conversation, job.params, prefix=job.prefix)
         else:
             items = respond_stream(self.backend, job.conversation, job.params, job.thinking, job.budget,
-                                   self.directives)
+                                   self.force_directives, self.forced_judge)
         with contextlib.closing(items):
             for item in items:
                 if job.cancelled.is_set():  # the client left (nobody reads this), or the server shuts down

