@@ -16,6 +16,7 @@ from autothink.algorithms.masks import (
     SEG_RESPONSE,
     segment_advantages,
     segment_ids,
+    segment_lengths,
 )
 from autothink.algorithms.rewards import step_srpo_rewards
 from autothink.algorithms.schedule import history_resample
@@ -146,11 +147,25 @@ def test_interleaved_groups_match_per_group():
     assert [m[i] for i in range(3)] == ["on", "off", "off"]
 
 
+def test_a_directive_is_the_correct_mode_whatever_the_pass_rates():
+    # p_on = 1 > p_off = 0, but the user wrote "DO NOT THINK": obeying is rewarded
+    rj, ra, m = rewards(["on", "on", "off", "off"], [1, 1, 0, 0], directive_modes=["off"] * 4)
+    assert m == ["off"] * 4 and rj == [0, 0, 1, 1] and ra == [G, G, 0, 0]
+    # a directive-free group in the same batch keeps its vote
+    rj, ra, m = rewards(["on", "off", "on", "off"], [1, 0, 1, 0], groups=["a", "a", "b", "b"],
+                        directive_modes=["off", "off", None, None])
+    assert m == ["off", "off", "on", "on"] and rj == [0, 1, 1, 0]
+
+
 def test_reward_input_errors():
     with pytest.raises(ValueError, match="modes"):
         rewards(["yes"], [1])
     with pytest.raises(ValueError, match="two prior labels"):
         rewards(["on", "on"], [1, 0], prior_modes=["on", "off"])
+    with pytest.raises(ValueError, match="two directives"):
+        rewards(["on", "on"], [1, 0], directive_modes=["on", None])
+    with pytest.raises(ValueError, match=r"directive_modes\[0\]"):
+        rewards(["on"], [1], directive_modes=["maybe"])
     with pytest.raises(ValueError, match="correct"):
         step_srpo_rewards(["on"], [True, False], [False], [True], ["q"])
 
@@ -250,12 +265,19 @@ def test_segment_ids_forced():
         [1, 1, 1, 1, 1, 1, 0, 0, 0],
         [1, 1, 1, 1, 1, 1, 1, 1, 1],
     ]
-    # the forcing also prefilled <think>: prefill_lengths says so
-    _, lm = segment_ids(ids, TAGS, [True, True, True, False], mask, prefill_lengths=[4, 4, 0, 4])
+    # the forcing also prefilled <think>: forced_spans says so
+    _, lm = segment_ids(ids, TAGS, [True, True, True, False], mask, forced_spans=[(0, 4), (0, 4), (0, 0), (0, 4)])
     assert lm[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
     assert lm[1].tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 0]
     assert lm[2].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0]
-    assert lm[3].tolist() == [1] * 9  # not forced: prefill_lengths ignored
+    assert lm[3].tolist() == [1] * 9  # not forced: forced_spans ignored
+    # forced after the model's own judge: the forcing wrote the mode token and <think> mid-completion
+    ids, mask = pad([[J, 5, 5, J_, ON, T, 6, T_, A, 7, A_]], 11)
+    seg, lm = segment_ids(ids, TAGS, [True], mask, forced_spans=[(4, 6)])
+    assert seg.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]]
+    assert lm.tolist() == [[1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1]]
+    lengths = segment_lengths(ids, seg, mask, [(4, 6)], T, T_)
+    assert lengths == {"judge": [4], "think": [2], "answer": [3]}  # the forced <think> is not counted
 
 
 def test_segment_ids_malformed():

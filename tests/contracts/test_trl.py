@@ -16,7 +16,10 @@ GRPO_METHODS = {
     "_generate_single_turn": (
         "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)", "e0f02e4fc094cefd",
         ("it still takes the prompt token ids per row and returns (completion_ids, logprobs) per row, with the "
-         "completion ending at EOS; the forced prefill appends to the prompt ids and prepends to the completion")),
+         "completion ending at EOS; it reads its limits from generation_config / generation_kwargs / eos_token_ids "
+         "(vLLM: vllm_generation.max_completion_length / generation_kwargs) at each call, which the two-phase "
+         "forced rollouts set per call; the forced prefill appends to the prompt ids and prepends to the "
+         "completion")),
     "_generate": (
         "(self, prompts: list)", "2a27fdf8f5e6f356",
         ("prompt_ids still come from _tokenize_prompts (not from _generate_single_turn), so the prefill ends up in "
@@ -72,6 +75,18 @@ GRPO_SOURCE = [
     ("__init__", "self.num_generations_eval", "the eval group size of Step-SRPO's groups"),
     ("_compute_loss", 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]',
      "the loss mask of Step-SRPO (no loss on forced prefixes) reaches the loss through inputs['tool_mask']"),
+    ("_generate_single_turn", "generation_kwargs=self.generation_kwargs,",
+     "phase 1 of a forced rollout stops at </judge>: its max_new_tokens and eos ids reach generate this way"),
+    ("_generate_single_turn", "**generate_inputs, generation_config=self.generation_config",
+     "... and this way"),
+    ("_generate_single_turn", "is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=device))",
+     "the completion is cut after the first of eos_token_ids, which phase 1 extends with the judge's stop tags"),
+]
+# The same for TRL's vLLM generation (`trainer.vllm_generation`): its limits are read at each call.
+VLLM_SOURCE = [
+    "max_completion_length = self.max_completion_length",
+    '"generation_kwargs": self.generation_kwargs,',  # server mode
+    "generation_kwargs.update(self.generation_kwargs)",  # colocate mode
 ]
 
 
@@ -97,6 +112,14 @@ def test_grpo_source_lines_are_still_there():
     for where, line, why in GRPO_SOURCE:
         assert line in inspect.getsource(getattr(trl.GRPOTrainer, where)), (
             f"trl.GRPOTrainer.{where} no longer has `{line}`: {why}")
+
+
+def test_vllm_generation_reads_its_limits_at_each_call():
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    source = inspect.getsource(VLLMGeneration.generate)
+    for line in VLLM_SOURCE:
+        assert line in source, f"VLLMGeneration.generate no longer has `{line}`: StepSRPOTrainer._generation_limits"
 
 
 def test_every_override_has_an_entry():

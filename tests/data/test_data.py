@@ -412,6 +412,14 @@ def test_pipeline_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_dir):
     records = [json.loads(line) for line in runs["straight"]["coldstart.records.jsonl"].splitlines()]
     assert len(records) == 10 and len({r["id"] for r in records}) == 10
     assert len(runs["straight"]["rl_prompts.jsonl"].splitlines()) == 6  # only verifiable queries
+    # A query given a directive keeps it in its RL prompt, and RL is told which mode it asks for.
+    by_id = {r["id"]: r for r in records}
+    rl = [json.loads(line) for line in runs["straight"]["rl_prompts.jsonl"].splitlines()]
+    directed = [r for r in rl if by_id[r["id"]]["label"]["directive"]]
+    assert directed and all(r["directive"] == by_id[r["id"]]["label"]["mode"]
+                            and r["prompt"][-1]["content"].endswith(by_id[r["id"]]["label"]["directive"])
+                            for r in directed)
+    assert all(r["directive"] is None for r in rl if r not in directed)
     assert {r["status"] for r in records if r["id"].startswith("open-")} == {"kept"}
     from datasets import load_dataset
 

@@ -130,7 +130,7 @@ def _trainer(policy, prompts_file, tmp_path, **overrides):
 
 
 def test_scripted_batch_gets_segment_advantages_of_the_core_functions(policy, prompts_file, tmp_path, monkeypatch):
-    trainer = _trainer(policy, prompts_file, tmp_path)
+    trainer = _trainer(policy, prompts_file, tmp_path, forced_judge="empty")
     tok = trainer.processing_class
     eos = tok.eos_token_id
     g0, g1 = _gold(TASKS[0]), _gold(TASKS[1])
@@ -178,7 +178,7 @@ def test_scripted_batch_gets_segment_advantages_of_the_core_functions(policy, pr
     a_j = group_normalize(r_j, groups) * torch.tensor([0.0 if f else 1.0 for f in is_forced])
     a_a = group_normalize(r_a, groups)
     segments, mask = segment_ids(out["completion_ids"], trainer.tag_ids, is_forced, out["completion_mask"],
-                                 [len(tok(forced_prefix(m), add_special_tokens=False).input_ids) if m else 0
+                                 [(0, len(tok(forced_prefix(m), add_special_tokens=False).input_ids) if m else 0)
                                   for m in modes])
     torch.testing.assert_close(out["advantages"], segment_advantages(segments, a_j, a_a))
     assert torch.equal(out[LOSS_MASK].float(), mask) and "tool_mask" not in out  # TRL's key is left to tools
@@ -212,7 +212,7 @@ def test_free_rollouts_all_in_the_wrong_mode_get_a_negative_judge_advantage(poli
                                                                              monkeypatch):
     """The audit scenario: every free rollout thinks off and is wrong, the forced think-on rollout is right.
     A baseline over free rollouts only gave their mode tokens 0; the whole-group baseline pushes them down."""
-    trainer = _trainer(policy, prompts_file, tmp_path)
+    trainer = _trainer(policy, prompts_file, tmp_path, forced_judge="empty")
     tok = trainer.processing_class
     g0 = _gold(TASKS[0])
     prefix_of = {tuple(ids): m for m, ids in trainer.prefix_ids.items()}
@@ -249,6 +249,93 @@ def test_free_rollouts_all_in_the_wrong_mode_get_a_negative_judge_advantage(poli
     expected.backward()
     assert all(logps.grad[i, a] > 0 for i, a in zip(free, at))  # d loss / d log p > 0: descent lowers it
     torch.testing.assert_close(trainer.compute_loss(trainer.model, out), expected.detach())
+
+
+def test_forced_rollouts_write_their_own_judge_before_the_forced_mode(policy, prompts_file, tmp_path, monkeypatch):
+    """Two-phase generation through TRL's own `_generate_single_turn` (scripted like TRL: it stops at the first
+    of `eos_token_ids`, after at most `generation_config.max_new_tokens`)."""
+    trainer = _trainer(policy, prompts_file, tmp_path, judge_max_tokens=8, max_completion_length=24)
+    tok = trainer.processing_class
+    eos, ids_of = tok.eos_token_id, trainer.tag_ids
+    enc = lambda text: tok(text, add_special_tokens=False).input_ids  # noqa: E731
+    # What the policy writes for each row, whatever was forced (rows 2, 3, 6, 7 are): row 2 skips </judge>, row 5
+    # has no tags, row 6 judges at length.
+    natural = {0: "<judge>easy</judge><think_off><answer>1</answer>", 1: "<judge>sum</judge><think_on><think>a"
+               "</think><answer>2</answer>", 2: "<judge>quick<think_off><answer>3</answer>", 3: "<judge>x</judge>"
+               "<think_on><think>b</think><answer>4</answer>", 4: "<judge>y</judge><think_off><answer>5</answer>",
+               5: "no tags at all", 6: "<judge>a b c d e f g h i j</judge><think_off><answer>6</answer>",
+               7: "<judge>z</judge><think_off><answer>7</answer>"}
+    after_forcing = {"on": enc("thought</think><answer>8</answer>"), "off": enc("9</answer>")}
+    calls = []
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        calls.append((len(prompt_ids), self.generation_config.max_new_tokens, list(self.eos_token_ids)))
+        out = []
+        for i, ids in enumerate(prompt_ids):
+            if len(calls) == 1:
+                reply = enc(natural[i]) + [eos]
+            else:
+                forced = [k for k, m in ((ids[-2], "on"), (ids[-2], "off")) if k == ids_of[MODE_TOKENS[m]]]
+                head = ids[len(prompts[i]):]
+                reply = (after_forcing["on" if ids[-2] == ids_of["<think_on>"] else "off"] if forced
+                         else (enc(natural[i]) + [eos])[len(head):]) + [eos]
+            cut = next((j for j, t in enumerate(reply) if t in self.eos_token_ids), len(reply) - 1)
+            out.append(reply[:min(cut + 1, self.generation_config.max_new_tokens)])
+        return out, None
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted)
+    rows = list(trainer.train_dataset)
+    inputs = [dict(rows[0]) for _ in range(4)] + [dict(rows[1]) for _ in range(4)]
+    prompts = [tok.apply_chat_template(x["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False)
+               for x in inputs]
+    eos_before = list(trainer.eos_token_ids)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(inputs)
+    modes = forced_modes(8, 0, 4, 0.5, seed=0, step=0)
+    assert [m is not None for m in modes] == [False, False, True, True] * 2
+    # Phase 1: every rollout, at most judge_max_tokens, stopping at </judge> or any later tag; then restored.
+    stops = {ids_of[t] for t in ("</judge>", "<think_on>", "<think_off>", "<think>", "<answer>", "</answer>")}
+    assert calls[0][:2] == (8, 8) and set(calls[0][2]) == set(eos_before) | stops
+    assert calls[1][0] == 8 and set(calls[1][2]) == set(eos_before) and trainer.eos_token_ids == eos_before
+    texts = tok.batch_decode(out["completion_ids"], skip_special_tokens=True)
+    tail = {"on": "<think_on><think>thought</think><answer>8</answer>", "off": "<think_off><answer>9</answer>"}
+    for i in (0, 1, 4):  # free rollouts: two phases give the one-phase text
+        assert texts[i] == natural[i], i
+    assert texts[5] == "no tags at all"  # ended in phase 1; phase 2's output is dropped
+    assert texts[2] == "<judge>quick</judge>" + tail[modes[2]]  # its own <think_off> dropped, </judge> written
+    assert texts[3] == "<judge>x</judge>" + tail[modes[3]]
+    assert texts[6] == "<judge>a b c d e f g</judge>" + tail[modes[6]]  # the judge cut at judge_max_tokens
+    assert texts[7] == "<judge>z</judge>" + tail[modes[7]]
+    # The tokens the forcing wrote (a </judge> it had to add, the mode token, <think>/<answer>) get no loss.
+    for i, forced_count in ((2, 3), (3, 2), (6, 3), (7, 2)):
+        row = out["completion_ids"][i].tolist()
+        at = row.index(ids_of[MODE_TOKENS[modes[i]]])
+        loss = out[LOSS_MASK][i]
+        assert loss[at - forced_count + 2: at + 2].sum() == 0 and loss[: at - forced_count + 2].sum() == at - (
+            forced_count - 2)
+        assert loss[at + 2:].sum() == out["completion_mask"][i, at + 2:].sum()
+        assert (out["advantages"][i][: at - forced_count + 2] == 0).all()  # a forced judge: advantage 0
+    assert out["completion_ids"].size(1) <= 24
+
+
+def test_a_directive_is_the_correct_mode_of_its_prompt(policy, prompts_file, tmp_path, monkeypatch):
+    trainer = _trainer(policy, prompts_file, tmp_path, forced_fraction=0.0)
+    tok = trainer.processing_class
+    g0 = _gold(TASKS[0])
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        texts = [f"<judge>a</judge><think_on><think>x</think><answer>{g0}</answer>"] * 2 + [
+            f"<judge>b</judge><think_off><answer>{g0}</answer>"] * 2
+        return [tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in texts * 2], None
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted)
+    row = dict(list(trainer.train_dataset)[0])
+    trainer.model.train()
+    trainer._generate_and_score_completions([dict(row, directive="on") for _ in range(4)]
+                                            + [dict(row, id="other", directive=None) for _ in range(4)])
+    scored = trainer._scored
+    assert scored.correct_mode == ["on"] * 4 + ["off"] * 4  # both modes right: the directive decides
+    assert scored.judge.tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
 
 
 # --------------------------------------------------------------------------- end to end

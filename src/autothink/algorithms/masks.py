@@ -24,13 +24,13 @@ def segment_ids(
     tag_ids: Mapping[str, int],
     forced,
     completion_mask: torch.Tensor | None = None,
-    prefill_lengths: Sequence[int] | None = None,
+    forced_spans: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment codes and loss mask of each completion token, from the AutoThink tag ids.
 
     Convention: a completion holds the whole response, `<judge>` first. For a forced sample
-    the trainer prefills `<judge></judge><think_on|off>` into the completion, so the mode
-    token is in the completion and gets no loss.
+    the trainer writes the mode token into the completion (after the model's own judge, or as
+    the prefill `<judge></judge><think_on|off>`), and the tokens it wrote get no loss.
 
     - SEG_JUDGE (1): from the first token through the first mode token (`<think_on>` or
       `<think_off>`). With no mode token: through the first `</judge>` when the completion
@@ -40,10 +40,10 @@ def segment_ids(
       judge advantage, the rest the answer advantage.
     - SEG_NONE (0): positions where `completion_mask` is 0 (padding, after EOS).
 
-    The loss mask is `completion_mask`, with zeros over the forced prefix of forced samples:
-    the first `prefill_lengths[b]` tokens when given, else everything through the first mode
-    token (nothing when a forced completion has no mode token, i.e. the prefix was in the
-    prompt). Segment codes are kept on masked tokens.
+    The loss mask is `completion_mask`, with zeros over the tokens the forcing wrote in forced
+    samples: positions `forced_spans[b] = (start, end)` when given, else everything through the
+    first mode token (nothing when a forced completion has no mode token, i.e. the prefix was
+    in the prompt). Segment codes are kept on masked tokens.
 
     Args:
         completion_ids: long [B, T].
@@ -51,8 +51,8 @@ def segment_ids(
             `<think_off>` (e.g. `{t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}`).
         forced: bool [B] (sequence or tensor).
         completion_mask: [B, T] 1 for real completion tokens, 0 for padding; None = all real.
-        prefill_lengths: per sample, how many leading completion tokens the forcing wrote
-            (used for forced samples only); None = through the mode token.
+        forced_spans: per sample, the completion positions [start, end) the forcing wrote (used
+            for forced samples only); None = from the start through the mode token.
 
     Returns:
         segments: long [B, T] codes; loss_mask: float32 [B, T] in {0, 1}.
@@ -71,8 +71,8 @@ def segment_ids(
     valid = valid.to(completion_ids.device)
     forced = torch.as_tensor(forced, dtype=torch.bool).reshape(-1).tolist()
     check_lengths("forced", forced, b)
-    if prefill_lengths is not None:
-        check_lengths("prefill_lengths", prefill_lengths, b)
+    if forced_spans is not None:
+        check_lengths("forced_spans", forced_spans, b)
 
     ids = torch.where(valid, completion_ids, torch.full_like(completion_ids, -1)).tolist()
     is_mode = {tag_ids[THINK_ON], tag_ids[THINK_OFF]}
@@ -86,9 +86,8 @@ def segment_ids(
         if judge_end is not None:
             segments[i, : judge_end + 1] = SEG_JUDGE
         if forced[i]:
-            n_prefill = prefill_lengths[i] if prefill_lengths is not None else (
-                0 if mode_pos is None else mode_pos + 1)
-            loss_mask[i, :n_prefill] = 0.0
+            start, end = forced_spans[i] if forced_spans is not None else (0, 0 if mode_pos is None else mode_pos + 1)
+            loss_mask[i, start:end] = 0.0
     segments[~valid.cpu()] = SEG_NONE
     return segments.to(completion_ids.device), loss_mask.to(completion_ids.device)
 
@@ -116,26 +115,18 @@ def segment_advantages(
     return torch.where(token_segments == SEG_JUDGE, judge_adv,
                        torch.where(token_segments == SEG_RESPONSE, answer_adv, zero))
 
-
-# ---------------------------------------------------------------------------------------
-# KAT-Coder difficulty- and entropy-aware rescaling
-# ---------------------------------------------------------------------------------------
-
-
-
-
 def segment_lengths(completion_ids: torch.Tensor, segments: torch.Tensor, completion_mask: torch.Tensor,
-                    prefill_lengths: list[int], think_id: int, think_end_id: int) -> dict[str, list[int]]:
+                    forced_spans: list[tuple[int, int]], think_id: int, think_end_id: int) -> dict[str, list[int]]:
     """Generated tokens per segment of each completion: judge, think (`<think>` through `</think>`,
-    or to the end when unclosed) and answer (the rest); prefilled tokens are not counted.
+    or to the end when unclosed) and answer (the rest); tokens the forcing wrote are not counted.
 
     Returns:
         {"judge": [B], "think": [B], "answer": [B]} token counts.
     """
     out = {"judge": [], "think": [], "answer": []}
-    for row, seg, mask, start in zip(completion_ids.tolist(), segments.tolist(), completion_mask.tolist(),
-                                     prefill_lengths):
-        valid = [j for j in range(len(row)) if mask[j] and j >= start]
+    for row, seg, mask, (start, end) in zip(completion_ids.tolist(), segments.tolist(), completion_mask.tolist(),
+                                            forced_spans):
+        valid = [j for j in range(len(row)) if mask[j] and not start <= j < end]
         begin = row.index(think_id) if think_id in row else None
         end = row.index(think_end_id, begin) if begin is not None and think_end_id in row[begin:] else len(row)
         think = [j for j in valid if seg[j] == SEG_RESPONSE and begin is not None and begin <= j <= end]

@@ -19,8 +19,6 @@ logger = logging.getLogger(__name__)
 _TIE_TOL = 1e-9  # p_off >= p_on - delta is tested with this slack: float ties go to think-off
 
 
-
-
 def vote_mode(p_on: float, p_off: float, delta: float = 0.0) -> str:
     """The better mode by pass rate: think-off unless think-on passes more than δ more often.
 
@@ -60,6 +58,7 @@ def step_srpo_rewards(
     delta: float = 0.0,
     gamma: float = 0.5,
     prior_modes: Sequence[str | None] | None = None,
+    directive_modes: Sequence[str | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
     """Judge and answer rewards of Step-SRPO (KAT-V1 §4.2; DESIGN §4).
 
@@ -79,6 +78,8 @@ def step_srpo_rewards(
       the observed mode (the normalised advantages do not depend on that choice when gamma > 0,
       since all samples then share a mode, and with gamma = 0 it keeps the answer signal).
     - No mode observed: m* = the prior label, else None (every sample is invalid anyway).
+    - A prompt that carries a user directive ("DO NOT THINK", ...): m* = the directive's mode,
+      whatever the pass rates (obeying is the reward; DESIGN §4).
 
     Rewards per sample: r_J = 1 if valid and mode == m* else 0; r_A = correct · (1 if mode ==
     m* else gamma) if valid else 0. Forced samples get rewards like the others; their mode
@@ -94,13 +95,14 @@ def step_srpo_rewards(
         delta: margin by which think-on must beat think-off to be the correct mode.
         gamma: answer-reward factor for a correct answer in the wrong mode.
         prior_modes: per sample, its group's prior label ("on"/"off"/None), or None.
+        directive_modes: per sample, the mode its prompt's directive asks for ("on"/"off"/None), or None.
 
     Returns:
         judge_reward: float32 [N]; answer_reward: float32 [N]; correct_mode: list of N m*
         (each sample gets its group's m*).
 
     Raises:
-        ValueError: lengths differ, an unknown mode, or a group with two prior labels.
+        ValueError: lengths differ, an unknown mode, or a group with two prior labels or directives.
 
     >>> rJ, rA, m = step_srpo_rewards(["on", "on", "off", "off"], [1, 1, 1, 0],
     ...                               [0, 0, 0, 0], [1, 1, 1, 1], ["q", "q", "q", "q"])
@@ -111,8 +113,12 @@ def step_srpo_rewards(
     for name, values in (("correct", correct), ("forced", forced), ("well_formed", well_formed),
                          ("group_ids", group_ids)):
         check_lengths(name, values, n)
-    if prior_modes is not None:
-        check_lengths("prior_modes", prior_modes, n)
+    for name, labels in (("prior_modes", prior_modes), ("directive_modes", directive_modes)):
+        if labels is not None:
+            check_lengths(name, labels, n)
+            for i, label in enumerate(labels):
+                if label not in (*MODES, None):
+                    raise ValueError(f"{name}[{i}] = {label!r}; expected 'on', 'off' or None")
     for i, m in enumerate(modes):
         if m not in (*MODES, None):
             raise ValueError(f"modes[{i}] = {m!r}; expected 'on', 'off' or None")
@@ -121,23 +127,14 @@ def step_srpo_rewards(
     valid = [bool(well_formed[i]) and modes[i] is not None for i in range(n)]
 
     counts = [{m: [0, 0] for m in MODES} for _ in range(k)]  # group -> mode -> [passed, seen]
-    priors: list[str | None] = [None] * k
-    prior_set = [False] * k
     for i in range(n):
-        g = index[i]
         if modes[i] is not None:
-            counts[g][modes[i]][1] += 1
-            counts[g][modes[i]][0] += int(valid[i] and bool(correct[i]))
-        if prior_modes is not None:
-            p = prior_modes[i]
-            if p not in (*MODES, None):
-                raise ValueError(f"prior_modes[{i}] = {p!r}; expected 'on', 'off' or None")
-            if prior_set[g] and priors[g] != p:
-                raise ValueError(f"group {group_ids[i]!r} has two prior labels: {priors[g]!r} and {p!r}")
-            priors[g], prior_set[g] = p, True
-
+            counts[index[i]][modes[i]][1] += 1
+            counts[index[i]][modes[i]][0] += int(valid[i] and bool(correct[i]))
+    priors, directives = (_per_group(labels, name, index, k, group_ids)
+                          for name, labels in (("prior labels", prior_modes), ("directives", directive_modes)))
     group_mode = [
-        _correct_mode({m: c[0] / c[1] for m, c in counts[g].items() if c[1]}, priors[g], delta)
+        directives[g] or _correct_mode({m: c[0] / c[1] for m, c in counts[g].items() if c[1]}, priors[g], delta)
         for g in range(k)
     ]
     correct_mode = [group_mode[g] for g in index]
@@ -150,10 +147,17 @@ def step_srpo_rewards(
             correct_mode)
 
 
-# ---------------------------------------------------------------------------------------
-# Group normalisation and per-segment advantages
-# ---------------------------------------------------------------------------------------
-
+def _per_group(labels: Sequence[str | None] | None, name: str, index: list[int], k: int,
+               group_ids: Sequence[Hashable]) -> list[str | None]:
+    """One label per group from per-sample labels (None when not given); a group must agree on it."""
+    out: list[str | None] = [None] * k
+    seen = [False] * k
+    for i, label in enumerate(labels or []):
+        g = index[i]
+        if seen[g] and out[g] != label:
+            raise ValueError(f"group {group_ids[i]!r} has two {name}: {out[g]!r} and {label!r}")
+        out[g], seen[g] = label, True
+    return out
 
 
 def completion_text(completion: Any) -> str:
@@ -191,8 +195,3 @@ def verifier_reward(completions: list, verifier: list[str], reference: list[str]
     if "log_metric" in kwargs:
         kwargs["log_metric"]("srpo/verify_errors", float(errors))
     return scores
-
-
-# --------------------------------------------------------------------------- the SRPO schedule
-
-

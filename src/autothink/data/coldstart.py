@@ -4,9 +4,10 @@ Per query: n samples in each mode, verified; the mode with the higher pass rate 
 (within δ) go to think-off. 1% of queries get a random mode; a fraction of prompts carry a user
 directive ("DO NOT THINK", "Think deeper", ...) and their mode follows it. A judge writes the
 rationale for the chosen mode, which opens the response; it sees the query, the response chosen
-and the directive, if any. Also writes the RL prompts, with the
-vote as the prior mode of Step-SRPO (the tagged regime where there is no vote): a random or
-directive label is a fact about the SFT row, not about which mode is right.
+and the directive, if any. Also writes the RL prompts, with the vote as the prior mode of
+Step-SRPO (the tagged regime where there is no vote): a random or directive label is a fact about
+the SFT row, not about which mode is right. A query given a directive keeps it in its RL prompt
+(with `directive` set), so RL goes on rewarding obedience on that share of prompts.
 
 With a `fallback` backend, a query whose chosen mode has no verified sample asks it once (its
 think-on reply must carry reasoning); a query that neither mode solved is labelled with its
@@ -131,9 +132,7 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
     reasoning, answer = split_final_answer(usable[0])
     response = render(mode, strip_tags(answer or reasoning), judge=first_sentences(strip_tags(rationale)),
                       think=strip_tags(reasoning) if mode == "on" else "")
-    messages = [dict(m) for m in task.messages]
-    if label["directive"]:
-        messages[-1]["content"] = f"{messages[-1]['content']}\n\n{label['directive']}"
+    messages = with_directive(task.messages, label)
     return base | {
         "status": "kept", "mode": mode, "messages": messages + [{"role": "assistant", "content": response}],
         "domain": record["domain"], "difficulty": record["difficulty"],
@@ -157,13 +156,25 @@ def run_coldstart(config: ColdstartConfig, backends: Backends | None = None) -> 
     write_jsonl(out / "coldstart.jsonl",
                 ({k: r[k] for k in keys} | {"label_source": r["label"]["source"]} for r in kept))
     by_id = {r["id"]: r for r in results}
-    write_jsonl(out / "rl_prompts.jsonl", (
-        {
-            "id": q["id"], "prompt": q["messages"], "verifier": q["verifier"],
+    rl_prompts = []
+    for q in records:
+        if q.get("verifier") is None:
+            continue
+        label = by_id[q["id"]].get("label") or {}
+        rl_prompts.append({
+            "id": q["id"], "prompt": with_directive(q["messages"], label), "verifier": q["verifier"],
             "reference": json.dumps(q["reference"]),  # one string type, whatever the verifier's reference
             "difficulty": q["difficulty"], "domain": q["domain"],
             "prior_mode": by_id[q["id"]].get("prior_mode", q["regime"]),
-        }
-        for q in records if q.get("verifier") is not None
-    ))
+            "directive": label["mode"] if label.get("directive") else None,
+        })
+    write_jsonl(out / "rl_prompts.jsonl", rl_prompts)
     return results
+
+
+def with_directive(messages: list[dict], label: dict) -> list[dict]:
+    """`messages` with the label's directive, if any, appended to the last user message (as SFT rows have it)."""
+    messages = [dict(m) for m in messages]
+    if label.get("directive"):
+        messages[-1]["content"] = f"{messages[-1]['content']}\n\n{label['directive']}"
+    return messages

@@ -1,7 +1,10 @@
 """`rl_prompts.jsonl` (written by `autothink data coldstart`, read by `autothink rl`).
 
     {"id", "prompt": [messages] | str, "verifier", "reference": <JSON-encoded string>, "difficulty", "domain",
-     "prior_mode": "on" | "off" | null}
+     "prior_mode": "on" | "off" | null, "directive": "on" | "off" | null}
+
+`directive` is the mode a directive in the prompt asks for ("DO NOT THINK" -> "off"); Step-SRPO
+rewards obeying it (its correct mode is the directive). Optional, like `prior_mode`.
 
 A row without a verifier or reference, or with a reference that is not JSON, is an error naming
 the file, the line and the id (nothing is skipped).
@@ -46,8 +49,9 @@ def _check_record(record: dict) -> str | None:
     difficulty = record.get("difficulty")
     if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, (int, float))):
         return f"`difficulty` must be a number or null, got {difficulty!r}"
-    if record.get("prior_mode") not in (*MODES, None):
-        return f"`prior_mode` must be 'on', 'off' or null, got {record.get('prior_mode')!r}"
+    for name in ("prior_mode", "directive"):
+        if record.get(name) not in (*MODES, None):
+            return f"`{name}` must be 'on', 'off' or null, got {record.get(name)!r}"
     if record.get("domain") is not None and not isinstance(record["domain"], str):
         return f"`domain` must be a string or null, got {record['domain']!r}"
     return None
@@ -58,7 +62,7 @@ def read_rl_prompts(path: str | os.PathLike) -> list[dict]:
 
     Returns:
         `[{"id": str, "prompt": [messages], "verifier": str, "reference": str (JSON),
-        "difficulty": float | None, "domain": str, "prior_mode": "on" | "off" | None}]` in
+        "difficulty": float | None, "domain": str, "prior_mode" and "directive": "on" | "off" | None}]` in
         file order (the reference stays JSON-encoded: one string column, whatever its kind).
 
     Raises:
@@ -86,6 +90,7 @@ def read_rl_prompts(path: str | os.PathLike) -> list[dict]:
             "difficulty": None if record.get("difficulty") is None else float(record["difficulty"]),
             "domain": record.get("domain") or "unknown",
             "prior_mode": record.get("prior_mode"),
+            "directive": record.get("directive"),
         })
     if bad:
         raise bad_records_error(path, bad)

@@ -5,7 +5,8 @@ the prompt schedule and history resampling), the prompts file in `autothink.reco
 the logged metrics in `training.rl_metrics`. This module wires them into TRL 1.16 at eight short
 override points (`tests/contracts/test_trl.py` pins each, and every private TRL member used):
 
-- `_generate_single_turn`: forced-mode exploration (below); records which rows were forced.
+- `_generate_single_turn`: forced-mode exploration (below); records which rows were forced and
+  which completion tokens the forcing wrote.
 - `_calculate_rewards`: after TRL's plain reward function (`verifier_reward`, per sample,
   gathered over processes) it parses every completion, gathers modes and formats, and computes
   the Step-SRPO rewards r_J, r_A and the correct mode m* per group (`step_srpo_rewards`).
@@ -29,19 +30,22 @@ override points (`tests/contracts/test_trl.py` pins each, and every private TRL 
 
 **Forced-mode exploration.** In each group of G rollouts, ρG of them (`forced_fraction`; the
 fractional part is drawn at random per group) have their mode forced, half think-on and half
-think-off (an odd one gets a random mode). Forcing is a *prefill*: the forced rollout
-continues from `<judge></judge><think_on><think>` or `<judge></judge><think_off><answer>`
-(`format.forced_prefix`, the exact prefix of inference-time forced modes) appended to its
-prompt, and the prefix is then moved into the completion, where `segment_ids(...,
-prefill_lengths=...)` gives it loss mask 0, so the forced mode token is never trained.
-Trade-off: the faithful alternative (let the model write its judge, then overwrite the mode
-token it samples) needs a logits processor inside generation, which TRL's vLLM paths do not
-expose; the prefill works with every generation backend. Its cost: a forced rollout's answer
-follows an empty judge rather than the model's own. That judge would get no loss anyway (its
-mode is not its choice, so its r_J is left out), and the empty-judge prefix is exactly what
-`thinking="on"|"off"` serves at inference, which these rollouts thus also train. The prefill
-tokens count toward TRL's completion-length logs; generation still gets
-`max_completion_length` new tokens.
+think-off (an odd one gets a random mode). With `forced_judge: model` (the default; DESIGN §4)
+a forced rollout writes its own judge first: generation runs in two phases through TRL's own
+`_generate_single_turn` (transformers, continuous batching or vLLM alike). Phase 1 samples every
+rollout's judge, stopping at `</judge>` or at any later tag (`judge_max_tokens` at most; the stop
+ids join TRL's EOS ids for the call, or vLLM's `stop_token_ids`). A forced rollout then keeps
+its judge up to `</judge>` (a later tag it wrote instead is dropped and `</judge>` written for
+it), and the forcing appends its mode token and `<think>` / `<answer>`; a free rollout keeps
+what it sampled. Phase 2 continues every rollout (all of them, so that every process makes the
+same calls); a free rollout that already ended keeps its phase-1 text. Completions stay within
+`max_completion_length`. The tokens the forcing wrote get loss mask 0 (`segment_ids(...,
+forced_spans=...)`), so the forced mode token is never trained, and a forced rollout's judge gets
+advantage 0 (its mode is not its choice). Sampling a free rollout in two phases is sampling it in
+one: the same tokens in the same contexts. `forced_judge: empty` is the measured fallback: the
+forced rollout continues `<judge></judge><think_on><think>` or `<judge></judge><think_off><answer>`
+(`format.forced_prefix`), a context that the SFT data never shows, in one generation call.
+Prompts with a directive (`directive` in the prompts file) have it as their correct mode.
 
 Metrics: see `training.rl_metrics`.
 
@@ -50,6 +54,7 @@ Metrics: see `training.rl_metrics`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -82,10 +87,16 @@ from autothink.algorithms.schedule import (
 )
 from autothink.algorithms.trie import check_trie_model, trie_row_logprobs
 from autothink.format import (
+    ANSWER,
+    ANSWER_END,
+    JUDGE_END,
+    MODE_TOKENS,
     MODES,
     SPECIAL_TOKENS,
     THINK,
     THINK_END,
+    THINK_OFF,
+    THINK_ON,
     forced_prefix,
     parse,
 )
@@ -106,6 +117,7 @@ logger = logging.getLogger(__name__)
 SCHEDULE_FILE = "srpo_schedule.json"
 LOSS_MASK = "srpo_loss_mask"  # the generation batch's key of Step-SRPO's per-token loss mask [B, T]
 LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo", "cispo", "sapo")  # token-level: per-token advantages apply
+JUDGE_STOPS = (JUDGE_END, THINK_ON, THINK_OFF, THINK, ANSWER, ANSWER_END)  # phase 1 of a rollout ends at these
 
 
 @dataclass
@@ -126,6 +138,12 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
     forced_fraction: float = field(default=0.25, metadata={
         "help": "ρ: share of each group's rollouts whose mode is forced (half on, half off); their mode token "
                 "gets no loss"})
+    forced_judge: str = field(default="model", metadata={
+        "help": "model: a forced rollout writes its own judge, then the mode token is forced (two-phase "
+                "generation); empty: it continues an empty-judge prefill (one call; the measured fallback)",
+        "choices": ["model", "empty"]})
+    judge_max_tokens: int = field(default=128, metadata={
+        "help": "phase 1 of forced_judge=model: most judge tokens before the judge is closed for the rollout"})
     mode_delta: float = field(default=0.0, metadata={
         "help": "δ: the correct mode is think-off unless think-on's pass rate beats think-off's by more than δ"})
     gamma: float = field(default=0.5,
@@ -164,6 +182,11 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
         if self.scale_rewards not in ("group", "none"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r}: Step-SRPO normalises within each group ('group') "
                              "or only centres ('none')")
+        if self.forced_judge not in ("model", "empty"):
+            raise ValueError(f"forced_judge must be model or empty, got {self.forced_judge!r}")
+        if isinstance(self.judge_max_tokens, bool) or not isinstance(self.judge_max_tokens, int) or \
+                self.judge_max_tokens < 1:
+            raise ValueError(f"judge_max_tokens must be an integer >= 1, got {self.judge_max_tokens!r}")
         if self.packing not in ("none", "trie"):
             raise ValueError(f"packing must be none or trie, got {self.packing!r}")
         if self.loss_type not in LOSS_TYPES:
@@ -222,7 +245,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         self.tag_ids = {t: vocab[t] for t in SPECIAL_TOKENS}
         self.prefix_ids = {m: processing_class(forced_prefix(m), add_special_tokens=False).input_ids for m in MODES}
         self._forced: list[str | None] = []
-        self._prefill: list[int] = []
+        self._spans: list[tuple[int, int]] = []  # per local rollout: the completion positions the forcing wrote
         self._scored = None
         self.metrics_path = Path(args.output_dir) / METRICS_FILE
 
@@ -250,8 +273,10 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         fraction = self.args.forced_fraction if self.model.training else 0.0
         self._forced = forced_modes(len(prompt_ids), self.accelerator.process_index, num_generations, fraction,
                                     self.args.seed, self.state.global_step)
+        if fraction and self.args.forced_judge == "model":
+            return self._generate_after_own_judge(prompt_ids, images, multimodal_fields, has_tool_images)
         prefixes = [self.prefix_ids[m] if m else [] for m in self._forced]
-        self._prefill = [len(p) for p in prefixes]
+        self._spans = [(0, len(p)) for p in prefixes]
         prompt_ids = [list(ids) + p for ids, p in zip(prompt_ids, prefixes)]
         # vLLM server mode samples G completions of every G-th prompt; forced rows differ, so ask for one per row.
         completion_ids, logprobs = super()._generate_single_turn(
@@ -260,6 +285,66 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         if logprobs is not None:  # unknown sampling log-probs of the prefill: TRL reads None as "no correction"
             logprobs = [[None] * len(p) + list(lp) for p, lp in zip(prefixes, logprobs)]
         return completion_ids, logprobs
+
+    def _generate_after_own_judge(self, prompt_ids, images, multimodal_fields, has_tool_images):
+        """Two-phase rollouts (see the module docstring): every judge, then the forced tags, then the rest."""
+        generate = super()._generate_single_turn
+        stops = {self.tag_ids[t] for t in JUDGE_STOPS}
+        ends = set(self.eos_token_ids)
+        limit = self.max_completion_length
+        with self._generation_limits(min(self.args.judge_max_tokens, limit), sorted(stops)):
+            judges, judge_logprobs = generate(prompt_ids, images, multimodal_fields, 1, has_tool_images)
+        heads, logprobs, finished, self._spans = [], [], [], []
+        for i, (judge, mode) in enumerate(zip(judges, self._forced)):
+            judge = list(judge)
+            cut = next((j for j, t in enumerate(judge) if t in stops or t in ends), None)
+            own = judge if cut is None else judge[:cut + 1]  # through the stop token
+            if mode is not None:  # keep the judge; the forcing closes it and writes the mode
+                if own and own[-1] != self.tag_ids[JUDGE_END] and cut is not None:
+                    own = own[:-1]
+                forced = ([] if own[-1:] == [self.tag_ids[JUDGE_END]] else [self.tag_ids[JUDGE_END]]) + [
+                    self.tag_ids[MODE_TOKENS[mode]], self.tag_ids[THINK if mode == "on" else ANSWER]]
+            else:
+                forced = []
+            heads.append(own + forced)
+            self._spans.append((len(own), len(own) + len(forced)))
+            finished.append(mode is None and cut is not None and own[-1] in ends | {self.tag_ids[ANSWER_END]})
+            if judge_logprobs is not None:
+                logprobs.append(list(judge_logprobs[i][:len(own)]) + [None] * len(forced))
+        with self._generation_limits(max(1, limit - min(map(len, heads)))):
+            rests, rest_logprobs = generate([list(p) + h for p, h in zip(prompt_ids, heads)], images,
+                                            multimodal_fields, 1, has_tool_images)
+        completions = [h if done else (h + list(r))[:limit] for h, r, done in zip(heads, rests, finished)]
+        if judge_logprobs is None or rest_logprobs is None:
+            return completions, None
+        logprobs = [lp if done else (lp + list(r))[:limit] for lp, r, done in zip(logprobs, rest_logprobs, finished)]
+        return completions, logprobs
+
+    @contextlib.contextmanager
+    def _generation_limits(self, max_tokens: int, stop_ids: list[int] = ()):
+        """TRL's generation settings for one call: at most `max_tokens` new tokens, also stopping at `stop_ids`."""
+        if self.use_vllm:
+            vllm, saved = self.vllm_generation, (self.vllm_generation.max_completion_length,
+                                                 self.vllm_generation.generation_kwargs)
+            vllm.max_completion_length = max_tokens
+            if stop_ids:
+                vllm.generation_kwargs = {**saved[1],
+                                          "stop_token_ids": [*(saved[1].get("stop_token_ids") or []), *stop_ids]}
+            try:
+                yield
+            finally:
+                vllm.max_completion_length, vllm.generation_kwargs = saved
+            return
+        saved = self.generation_config, self.generation_kwargs, self.eos_token_ids
+        eos = [*self.eos_token_ids, *stop_ids]
+        self.generation_config = copy.deepcopy(saved[0])
+        self.generation_config.max_new_tokens, self.generation_config.eos_token_id = max_tokens, eos
+        self.generation_kwargs = {**saved[1], "max_new_tokens": max_tokens, "eos_token_id": eos}
+        self.eos_token_ids = eos
+        try:
+            yield
+        finally:
+            self.generation_config, self.generation_kwargs, self.eos_token_ids = saved
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -271,7 +356,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         forced = [r["forced"] for r in self._scored.rows]
         local = self._local(output["completion_ids"].size(0))
         segments, loss_mask = segment_ids(output["completion_ids"], self.tag_ids, forced[local],
-                                          output["completion_mask"], self._prefill)
+                                          output["completion_mask"], self._spans)
         loss_mask = loss_mask.to(output["completion_mask"].dtype)
         trained = loss_mask * output["tool_mask"] if "tool_mask" in output else loss_mask
         output.update(advantages=self._advantages(output, segments, loss_mask), **{LOSS_MASK: loss_mask},
@@ -321,14 +406,15 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         parsed = [parse(completion_text(c)) for c in completions]
         rows = gather_object([
             {"id": x["id"], "domain": x.get("domain") or "unknown", "prior": x.get("prior_mode"), "mode": p.mode,
-             "well_formed": p.well_formed, "forced": f is not None}
+             "directive": x.get("directive"), "well_formed": p.well_formed, "forced": f is not None}
             for x, p, f in zip(inputs, parsed, self._forced)])
         group_size = self.num_generations if self.model.training else self.num_generations_eval
         groups = [i // group_size for i in range(len(rows))]
         passed = (correct.detach().cpu() > 0.5).tolist()
         judge, answer, correct_mode = step_srpo_rewards(
             [r["mode"] for r in rows], passed, [r["forced"] for r in rows], [r["well_formed"] for r in rows], groups,
-            delta=self.args.mode_delta, gamma=self.args.gamma, prior_modes=[r["prior"] for r in rows])
+            delta=self.args.mode_delta, gamma=self.args.gamma, prior_modes=[r["prior"] for r in rows],
+            directive_modes=[r["directive"] for r in rows])
         local = self._local(len(inputs))
         for name, values in (("mode", [r["mode"] for r in rows]), ("forced", [r["forced"] for r in rows]),
                              ("correct_mode", correct_mode), ("judge_reward", judge.tolist()),
@@ -365,7 +451,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         """The batch's Step-SRPO metrics to the Trainer logs and `rl_metrics.jsonl`; its rewards to the schedule."""
         s = self._scored
         forced = [r["forced"] for r in s.rows]
-        lengths = segment_lengths(output["completion_ids"], segments, output["completion_mask"], self._prefill,
+        lengths = segment_lengths(output["completion_ids"], segments, output["completion_mask"], self._spans,
                                   self.tag_ids[THINK], self.tag_ids[THINK_END])
         lengths = {k: gather_object(v) for k, v in lengths.items()}
         metrics = srpo_metrics([r["mode"] for r in s.rows], forced, [r["well_formed"] for r in s.rows], s.correct,
