@@ -29,7 +29,7 @@ def test_read_rl_prompts_keeps_every_row_and_normalises(tmp_path):
     assert got[0]["prompt"] == [{"role": "user", "content": "What is 2 + 2?"}] and got[0]["domain"] == "unknown"
     assert json.loads(got[0]["reference"]) == {"dataset": "x", "entry": {}}  # a JSON value is encoded once
     assert got[1]["prior_mode"] is None and got[1]["difficulty"] is None
-    assert got[2] == {**rows[2], "difficulty": 3.0}
+    assert got[2] == {**rows[2], "difficulty": 3.0, "directive": None}
 
 
 def _schedule(**kw):
@@ -50,10 +50,12 @@ def test_schedule_runs_stage1_then_full_epochs_and_drops_prompts_without_signal(
              [1, 1, 1, 1, 0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 1, 0, 1])
     epoch1 = sorted(chain(*_take(batches, 2)))
     assert epoch1 == [1, 3, 4, 5] and s.epochs[1] == ["p1", "p3", "p4", "p5"]
+    assert s.stale == [2]  # p4, p5 were judged without a rollout of epoch 0 (the stale decisions, measured)
 
     replay = _schedule()  # a resumed run: the recorded decisions give the same stream
     replay.load_state_dict(json.loads(json.dumps(s.state_dict())))
     assert _take(replay.batches(), 8) == stage1 + epoch0 + _take(s.batches(), 8)[6:]
+    assert replay.stale == s.stale
 
     with pytest.raises(ValueError, match="reasoning-heavy"):
         PromptSchedule(["a"], [False], 1, stage1_batches=1)
@@ -85,6 +87,7 @@ def test_verifier_reward_scores_every_kind():
     ({"reference": "x = 5"}, "not JSON-encoded"),
     ({"prompt": []}, "field 'prompt' must be"),
     ({"prior_mode": "maybe"}, "`prior_mode`"),
+    ({"directive": "think"}, "`directive` must be"),
     ({"id": "arithmetic/d1/s0/0"}, "duplicate id"),
 ])
 def test_bad_rows_are_named_with_file_line_and_id(tmp_path, change, message):

@@ -94,11 +94,6 @@ def history_resample(
     return kept
 
 
-# ---------------------------------------------------------------------------------------
-# Token-level clipped surrogate
-# ---------------------------------------------------------------------------------------
-
-
 def is_reasoning_heavy(row: dict, min_difficulty: float) -> bool:
     """SRPO stage-1 data: prompts whose prior label is think-on or whose difficulty is at least `min_difficulty`."""
     return row.get("prior_mode") == "on" or (row.get("difficulty") is not None and row["difficulty"] >= min_difficulty)
@@ -127,8 +122,10 @@ class PromptSchedule:
     batches are not scored yet and are judged on their latest recorded rollouts (those of an
     earlier epoch), or kept when they have none. So for those prompts (at most the prefetched
     batches' worth) the decision comes one epoch late: a prompt that should go stays one epoch
-    more, and none is dropped on rollouts it did not have. Decisions are recorded (`state_dict`)
-    so that a resumed run replays the same order.
+    more, and none is dropped on rollouts it did not have. `stale[e - 1]` counts them for epoch e
+    (the previous epoch's prompts with no rollout recorded since that epoch was decided; in `rl.json`),
+    so the effect is measured on every run. Decisions are recorded (`state_dict`) so that a resumed
+    run replays the same order.
 
     Args:
         ids: prompt id of each dataset row (unique).
@@ -155,6 +152,8 @@ class PromptSchedule:
         self._index = {pid: i for i, pid in enumerate(self.ids)}
         self.epochs: list[list[str]] = []  # prompt ids of each mix epoch, as decided
         self.last_rewards: dict[str, list[list[float]]] = {}  # prompt id -> latest unforced (r_J, r_A) per rollout
+        self.stale: list[int] = []  # per epoch e >= 1: prompts of epoch e - 1 judged without a rollout of e - 1
+        self._fresh: set[str] = set()  # prompts recorded since the last epoch was decided
 
     def record(self, ids: Sequence[str], judge: Sequence[float], answer: Sequence[float],
                forced: Sequence[bool]) -> None:
@@ -164,6 +163,7 @@ class PromptSchedule:
             if not f:
                 batch.setdefault(pid, []).append([float(rj), float(ra)])
         self.last_rewards.update(batch)
+        self._fresh.update(ids)
 
     def epoch(self, e: int) -> list[str]:
         """Prompt ids of mix epoch `e` (decided once, on first use)."""
@@ -172,6 +172,7 @@ class PromptSchedule:
             if n == 0 or not self.resample:
                 kept = list(self.ids)
             else:
+                self.stale.append(sum(pid not in self._fresh for pid in self.epochs[n - 1]))
                 kept = history_resample(self.epochs[n - 1], self.last_rewards, keep_unsolved=self.keep_unsolved)
                 dropped = len(self.epochs[n - 1]) - len(kept)
                 if not kept:
@@ -181,6 +182,7 @@ class PromptSchedule:
                 elif dropped:
                     logger.info("history resampling: epoch %d keeps %d prompts, drops %d", n, len(kept), dropped)
             self.epochs.append(kept)
+            self._fresh = set()
         return self.epochs[e]
 
     def _stream(self) -> Iterator[int]:
@@ -202,7 +204,8 @@ class PromptSchedule:
         return math.ceil(len(self.ids) / self.prompts_per_batch)
 
     def state_dict(self) -> dict:
-        return {"epochs": self.epochs, "last_rewards": self.last_rewards}
+        return {"epochs": self.epochs, "last_rewards": self.last_rewards, "stale": self.stale,
+                "fresh": sorted(self._fresh)}
 
     def load_state_dict(self, state: dict) -> None:
         unknown = {pid for epoch in state.get("epochs", []) for pid in epoch} - set(self._index)
@@ -210,5 +213,6 @@ class PromptSchedule:
             raise ValueError(f"the saved schedule names prompts that are not in the data: {sorted(unknown)[:5]}")
         self.epochs = [list(e) for e in state.get("epochs", [])]
         self.last_rewards = {k: [list(r) for r in v] for k, v in state.get("last_rewards", {}).items()}
+        self.stale, self._fresh = list(state.get("stale", [])), set(state.get("fresh", []))
 
 

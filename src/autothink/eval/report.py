@@ -25,11 +25,13 @@ COLUMNS = (
     ("total_tokens", "total tok", "{:.1f}"),
     ("tokens_per_correct", "tok / correct", "{:.1f}"),
     ("overthinking", "overthinking", "{:.3f}"),
+    ("directive_obedience", "obedience", "{:.3f}"),
+    ("near_miss_agreement", "near-miss agr.", "{:.3f}"),
 )
 
 
 def _cell(metrics: dict, key: str, fmt: str) -> str:
-    return "-" if metrics[key] is None else fmt.format(metrics[key])
+    return "-" if metrics.get(key) is None else fmt.format(metrics[key])  # runs from before a metric existed: -
 
 
 def _rows(metrics: dict) -> list[tuple[str, str, dict]]:
