@@ -23,10 +23,10 @@ background load and batch length hit them alike); median over rounds after one w
   (`--precompute`; its one-off cost is printed separately).
 
 Then one instrumented step per variant (a copy of `compute_loss` with timers) says where the
-time goes: teacher forward, teacher softmax+sort over 262k, student forward (MTP head part
-measured by hooks), loss (student softmax+sort for ULD, CE), backward, optimizer; for the live
-teacher it also times an exact cheaper teacher side (see `instrumented_step`) and counts the
-teacher rows that are sorted and that go through its output head. On a shared machine pass
+time goes: teacher forward, teacher softmax + top-Vs over 262k, student forward (MTP head part
+measured by hooks), loss (student softmax + sort or top-k for ULD, CE), backward, optimizer; for
+the live teacher it also counts the teacher rows through its output head and checks the loss
+against the full sort (see `instrumented_step`). On a shared machine pass
 `--threads 1`: with more threads than free cores, torch's OpenMP threads wait on each other and
 one step can take 5x longer.
 
@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from autothink.algorithms.uld import IGNORE_INDEX, mtp_distill_loss, sorted_probs
+from autothink.algorithms.uld import IGNORE_INDEX, mtp_distill_loss
 from autothink.format import THINK_OFF, THINK_ON
 from autothink.models import resolve
 from autothink.tasks import load_suite
@@ -63,6 +63,7 @@ from autothink.training.distill import (
     encode,
     precompute_teacher,
     teacher_logits,
+    teacher_sorted_probs,
 )
 from autothink.verify import verify
 
@@ -150,11 +151,10 @@ class Arm:
 def instrumented_step(arm: Arm, batch: dict) -> tuple[dict[str, float], dict[str, float]]:
     """`DistillTrainer.compute_loss` + backward + optimizer, spelled out with timers.
 
-    Returns (seconds per phase, notes). With a live teacher the notes also time, outside the step,
-    an exact cheaper teacher side: softmax of the paired rows only (not the padding of `[B, N]`)
-    and their top-Vs probabilities (Vs = the student's vocabulary) plus one column with the rest
-    of the teacher's mass; against the zero-padded student that column is exactly the L1 of the
-    teacher's tail, so the loss equals the full sort's (the printed difference is fp32 rounding).
+    Returns (seconds per phase, notes). With a live teacher the notes count the teacher rows that go
+    through its output head (the paired rows only, `teacher_logits`) and give the ULD loss of the
+    trainer's teacher side (top-Vs probabilities plus a tail column, `teacher_sorted_probs`) against
+    the full sort over the teacher's vocabulary, computed aside (the printed difference is fp32 rounding).
     """
     t, args, model = arm.trainer, arm.trainer.args, arm.model
     times: dict[str, float] = {}
@@ -175,12 +175,13 @@ def instrumented_step(arm: Arm, batch: dict) -> tuple[dict[str, float], dict[str
     model.train()
     use_uld = bool(args.w_uld) and "student_index" in batch
     probs = logits = None
+    width = model.base.config.vocab_size if hasattr(model, "base") else model.config.vocab_size
     if use_uld and "teacher_probs" not in batch:
         logits, valid = teacher_logits(t.teachers[0], batch["teacher_input_ids"], batch["teacher_attention_mask"],
                                        batch["teacher_index"])
-        lap("teacher forward (logits at paired rows)")
-        probs = sorted_probs(logits, args.temperature) * valid[..., None]
-        lap(f"teacher softmax+sort ({logits.shape[-1]} vocab)")
+        lap("teacher forward (output head at the paired rows)")
+        probs = teacher_sorted_probs(logits, valid, args.temperature, width)
+        lap(f"teacher softmax + top-{width} of {logits.shape[-1]}")
     elif use_uld:
         probs = batch["teacher_probs"]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -191,7 +192,7 @@ def instrumented_step(arm: Arm, batch: dict) -> tuple[dict[str, float], dict[str
     kw = {"w_ce": args.w_ce, "w_uld": args.w_uld if use_uld else 0.0, "mtp_weight": args.mtp_weight,
           "temperature": args.temperature}
     parts = mtp_distill_loss(out.logits, mtp_logits, batch["labels"], batch.get("student_index"), probs, **kw)
-    lap("loss (CE; ULD: student softmax+sort)")
+    lap("loss (CE; ULD: student softmax + sort or top-k)")
     parts.loss.backward()
     lap("backward")
     torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -201,23 +202,16 @@ def instrumented_step(arm: Arm, batch: dict) -> tuple[dict[str, float], dict[str
     lap("clip + AdamW")
     for h in hooks:
         h.remove()
-    if logits is not None:  # the exact cheaper teacher side, timed aside (not part of the step)
-        start = time.perf_counter()
-        rows = torch.softmax(logits[valid].float() / args.temperature, dim=-1)  # (paired rows, Vt)
-        top = rows.topk(min(out.logits.shape[-1], rows.shape[-1]), dim=-1).values
-        cheap = probs.new_zeros(*valid.shape, top.shape[-1] + 1)
-        cheap[valid] = torch.cat([top, (1.0 - top.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
-        notes["cheaper teacher side: paired rows, top-Vs + tail (s)"] = time.perf_counter() - start
+    if logits is not None:  # the full sort over the teacher's vocabulary, aside: the loss it gives
+        full_probs = teacher_sorted_probs(logits, valid, args.temperature)
         with torch.no_grad():
             detached = [x.detach() for x in mtp_logits]
             uld = {**kw, "w_ce": 0.0, "w_uld": 1.0}
-            args = (out.logits.detach(), detached, batch["labels"], batch["student_index"])
-            full, new = mtp_distill_loss(*args, probs, **uld), mtp_distill_loss(*args, cheap, **uld)
-        notes["  its |ULD loss difference| from the full sort"] = abs(float(full.loss - new.loss))
-        notes["teacher rows softmaxed+sorted now (B x N)"] = valid.numel()
-        notes["  of which paired rows"] = int(valid.sum())
-        notes["teacher output-head rows (B x U, U = union of positions)"] = valid.shape[0] * len(
-            batch["teacher_index"][valid].unique())
+            call = (out.logits.detach(), detached, batch["labels"], batch["student_index"])
+            full, cut = mtp_distill_loss(*call, full_probs, **uld), mtp_distill_loss(*call, probs, **uld)
+        notes["|ULD loss difference|, cut teacher vs full sort"] = abs(float(full.loss - cut.loss))
+        notes["teacher output-head rows (the paired rows)"] = int(valid.sum())
+        notes["  of B x N pair slots"] = valid.numel()
     return times, notes
 
 

@@ -307,3 +307,44 @@ def test_tokenizer_without_offsets_is_rejected(tokenizer):
 
     with pytest.raises(ValueError, match=r"NoOffsets\(weird\) cannot give offset mappings"):
         byte_offset_alignment("text", NoOffsets(), tokenizer)
+
+
+def _full_sort_l1(p_s, p_t):
+    """The loss as first written: both sides fully sorted, the shorter zero-padded to the longer."""
+    v = max(p_s.shape[-1], p_t.shape[-1])
+    p_s = F.pad(p_s.sort(-1, descending=True).values, (0, v - p_s.shape[-1]))
+    p_t = F.pad(p_t.sort(-1, descending=True).values, (0, v - p_t.shape[-1]))
+    return (p_s - p_t).abs().sum(-1)
+
+
+@pytest.mark.parametrize("vs, vt", [(11, 40), (40, 11), (17, 17)])
+def test_cut_to_the_smaller_vocabulary_plus_a_tail_column_equals_the_full_sort(vs, vt):
+    g = torch.Generator().manual_seed(vs * vt)
+    s = torch.randn(2, 6, vs, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 5, vt, generator=g, dtype=torch.float64)
+    mask_s, mask_t = torch.ones(2, 6, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool)
+    got = uld_loss(s, t, mask_s, mask_t, temperature=1.5)
+    want = _full_sort_l1(torch.softmax(s[:, :5] / 1.5, -1), torch.softmax(t / 1.5, -1)).mean()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    (g_got,), (g_want,) = torch.autograd.grad(got, s), torch.autograd.grad(want, s)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)
+    # The live teacher side of the trainer: top-Vs probabilities plus the tail column.
+    index = torch.arange(5).expand(2, 5)
+    sorted_got = uld_loss_sorted(s, index, sorted_probs(t, 1.5, top_k=vs, tail=True), temperature=1.5)
+    torch.testing.assert_close(sorted_got, want, rtol=0, atol=1e-12)
+
+
+def test_against_a_top_k_teacher_the_students_top_k_suffices():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 4, 50, generator=g, dtype=torch.float64, requires_grad=True)
+    top = sorted_probs(torch.randn(3, 4, 90, generator=g, dtype=torch.float64), top_k=8)  # no tail: zeros beyond
+    index = torch.tensor([[0, 1, 2, 3], [3, 2, -1, -1], [1, -1, -1, -1]])
+    got = uld_loss_sorted(s, index, top)
+    per_sample = []
+    for b in range(3):
+        rows = [(p, int(i)) for p, i in enumerate(index[b]) if i >= 0]
+        per_sample.append(torch.stack([_full_sort_l1(torch.softmax(s[b, i], -1), top[b, p]) for p, i in rows]).mean())
+    want = torch.stack(per_sample).mean()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    (g_got,), (g_want,) = torch.autograd.grad(got, s), torch.autograd.grad(want, s)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)

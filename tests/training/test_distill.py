@@ -32,6 +32,7 @@ from autothink.training.distill import (
     build_dataset,
     build_trainer,
     run_distill,
+    teacher_logits,
 )
 from helpers import small_teacher_tokenizer
 from reference import uld_loss_aligned
@@ -294,6 +295,38 @@ def _check_paired_rows(tmp_path, student_dir, data, teacher_dir, alignment):
 def batch_of_all(trainer):
     features = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     return trainer._prepare_inputs(trainer.data_collator(features))
+
+
+def test_teacher_logits_put_only_the_paired_rows_through_the_head_and_keep_the_models_soft_capping():
+    teacher = peaked_gemma3(300).eval()
+    ids = torch.randint(0, 300, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[2, 6:] = 0
+    positions = torch.tensor([[0, 4, 8], [3, -1, -1], [5, 2, -1]])
+    seen = []
+    hook = teacher.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    logits, valid = teacher_logits(teacher, ids, mask, positions)
+    hook.remove()
+    assert seen == [torch.Size([1, 6, 300])] and logits.shape == (6, 300)  # 6 rows through the head, not 3 x 9
+    with torch.no_grad():
+        full = teacher(input_ids=ids, attention_mask=mask).logits  # soft-capped by the model's own forward
+    torch.testing.assert_close(logits, full[valid.nonzero(as_tuple=True)[0], positions[valid]])
+    assert logits.abs().max() <= 30.0
+
+
+@pytest.mark.slow
+def test_a_live_teacher_cut_to_the_students_vocabulary_gives_the_full_sorts_loss(tmp_path, student_dir, data,
+                                                                                  gemma_teacher_dir):
+    trainer = build_trainer(config(tmp_path, student_dir, data, teacher=str(gemma_teacher_dir), temperature=2.0))
+    batch = batch_of_all(trainer)
+    width = trainer.model.base.config.vocab_size
+    cut, full = trainer.teacher_probs(batch, width), trainer.teacher_probs(batch)
+    assert cut.shape[-1] == width + 1 < full.shape[-1] == len(load_tokenizer(gemma_teacher_dir))
+    with torch.no_grad():
+        out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    for logits in (out.logits, *out.mtp_logits):
+        torch.testing.assert_close(uld_loss_sorted(logits, batch["student_index"], cut, 2.0),
+                                   uld_loss_sorted(logits, batch["student_index"], full, 2.0), atol=2e-6, rtol=0)
 
 
 @pytest.mark.slow

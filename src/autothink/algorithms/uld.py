@@ -37,12 +37,18 @@ def _check_logits(name: str, logits: torch.Tensor) -> None:
 def _sorted_l1(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """L1 distance between sorted, zero-padded softmax distributions, one value per row.
 
+    The larger side is cut to the smaller vocabulary V plus one column holding the rest of its mass
+    (`sorted_probs(..., tail=True)`): against the other side's zero padding that column is exactly
+    the L1 of the cut-off tail, so only V + 1 columns are sorted and compared.
+
     Args:
         student: `[N, Vs]` logits. teacher: `[N, Vt]` logits.
     Returns:
         `[N]`, each in [0, 2].
     """
-    return _padded_l1(sorted_probs(student, temperature), sorted_probs(teacher, temperature))
+    v = min(student.shape[-1], teacher.shape[-1])
+    return _padded_l1(sorted_probs(student, temperature, top_k=v, tail=True),
+                      sorted_probs(teacher, temperature, top_k=v, tail=True))
 
 
 def _padded_l1(p_s: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
@@ -53,28 +59,35 @@ def _padded_l1(p_s: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
     return (p_s - p_t).abs().sum(dim=-1)
 
 
-def sorted_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+def sorted_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                 tail: bool = False) -> torch.Tensor:
     """softmax(logits / temperature), sorted in descending order, optionally only the top k.
 
     Computed in at least fp32 (half precision loses too much in a 100k-way softmax). The top-k
     values are probabilities of the full softmax, not renormalised: the omitted tail stands for
-    zeros (see `uld_loss_sorted`).
+    zeros (see `uld_loss_sorted`), unless `tail` adds it as one more column (1 − the top-k mass):
+    compared with a zero-padded distribution of at most k values, that column is exactly the L1 of
+    the omitted tail, so the ULD loss is unchanged while k + 1 columns replace V.
 
     Args:
         logits: `[..., V]`. temperature: > 0. top_k: keep the k largest (None or >= V: all V).
+        tail: with top_k < V, append the omitted mass as column k + 1.
 
     Returns:
-        `[..., K]` with K = min(top_k, V).
+        `[..., K]` with K = min(top_k, V) (+ 1 with `tail` when top_k < V).
 
     >>> sorted_probs(torch.tensor([0.0, 2.0, 1.0]), top_k=2).shape
     torch.Size([2])
+    >>> sorted_probs(torch.tensor([0.0, 0.0, 0.0, 0.0]), top_k=1, tail=True).tolist()
+    [0.25, 0.75]
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     dtype = torch.promote_types(logits.dtype, torch.float32)
     probs = torch.softmax(logits.to(dtype) / temperature, dim=-1)
     if top_k is not None and top_k < probs.shape[-1]:
-        return probs.topk(top_k, dim=-1).values  # sorted descending
+        top = probs.topk(top_k, dim=-1).values  # sorted descending
+        return torch.cat([top, (1 - top.sum(-1, keepdim=True)).clamp(min=0)], dim=-1) if tail else top
     return probs.sort(dim=-1, descending=True).values
 
 
@@ -168,6 +181,8 @@ def uld_loss_sorted(
     `sorted_probs`), the omitted tail counts as zeros: the loss is the L1 over the teacher's
     top-k mass, sum_{r<=k} |p_s(r) - p_t(r)| + sum_{r>k} p_s(r), which never sees the teacher's
     missing tail (1 - its top-k mass). With k = the full vocabulary it is the loss against the live teacher.
+    Only the student's top k probabilities meet the teacher's, so for k < Vs a `topk` replaces the
+    full sort and the rest of the student's mass is one column (`sorted_probs(..., tail=True)`).
     Reduction as in `uld_loss`.
 
     Args:
@@ -203,7 +218,8 @@ def uld_loss_sorted(
         raise ValueError(f"student_index has position {int(student_index[valid].max())} "
                          f">= T = {student_logits.shape[1]}")
     sample, pair = valid.nonzero(as_tuple=True)  # (N,), (N,)
-    p_s = sorted_probs(student_logits[sample, student_index[sample, pair]], temperature)  # (N, Vs)
+    p_s = sorted_probs(student_logits[sample, student_index[sample, pair]], temperature,
+                       top_k=teacher_probs.shape[-1], tail=True)  # (N, min(Vs, K + 1))
     p_t = teacher_probs[sample, pair].to(p_s.dtype)  # (N, K)
     return _batch_mean(_padded_l1(p_s, p_t), sample, b, student_logits)
 

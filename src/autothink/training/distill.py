@@ -273,18 +273,34 @@ class DistillCollator:
 
 @torch.no_grad()
 def teacher_logits(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
-    """Teacher logits at `positions` `[B, N]` (-1 = none): `([B, N, V] logits, [B, N] valid)`.
+    """Teacher logits of the paired rows: `([P, V] logits, [B, N] valid)` for `positions` `[B, N]` (-1 =
+    none), the P valid ones in row-major order (`logits[k]` is the k-th True of `valid`).
 
-    Only the needed positions go through the output head (`logits_to_keep`), which matters for
-    256k-token vocabularies.
+    Only those P hidden states go through the output head, which matters for 256k-token
+    vocabularies: a forward pre-hook on the head hands it the paired rows, so the model's own code
+    after the head (Gemma's final-logit soft-capping, ...) still applies.
     """
     width = int(attention_mask.sum(1).max())
     valid = positions >= 0
-    keep = positions[valid].unique() if valid.any() else positions.new_zeros(1)  # (U,) sorted
-    logits = teacher(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width],
-                     logits_to_keep=keep, use_cache=False).logits  # (B, U, V)
-    col = torch.searchsorted(keep, positions.clamp(min=0))  # (B, N)
-    return logits[torch.arange(len(positions), device=logits.device)[:, None], col], valid
+    rows = valid.nonzero(as_tuple=True)[0], positions[valid]
+    handle = teacher.get_output_embeddings().register_forward_pre_hook(lambda head, args: (args[0][rows][None],))
+    try:
+        logits = teacher(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width],
+                         use_cache=False).logits[0]  # (P, V)
+    finally:
+        handle.remove()
+    return logits, valid
+
+
+def teacher_sorted_probs(logits: torch.Tensor, valid: torch.Tensor, temperature: float,
+                         width: int | None = None) -> torch.Tensor:
+    """`[B, N, K]` sorted probabilities of `teacher_logits`' rows (zeros where not valid). With the
+    student's vocabulary `width` < the teacher's, K = width + 1: the top `width` probabilities and the
+    rest of the mass in one column, which gives the ULD loss of the full sort (`sorted_probs`)."""
+    probs = sorted_probs(logits, temperature, top_k=width, tail=True)
+    out = probs.new_zeros(*valid.shape, probs.shape[-1])
+    out[valid] = probs
+    return out
 
 
 class DistillTrainer(Trainer):
@@ -302,8 +318,9 @@ class DistillTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self._parts: dict[str, list[float]] = defaultdict(list)
 
-    def teacher_probs(self, inputs: dict) -> torch.Tensor:
-        """`[B, N, K]` sorted teacher probabilities per pair (zeros where padded)."""
+    def teacher_probs(self, inputs: dict, width: int | None = None) -> torch.Tensor:
+        """`[B, N, K]` sorted teacher probabilities per pair (zeros where padded); a live teacher's are cut
+        to the student's vocabulary `width` plus a tail column (`teacher_sorted_probs`)."""
         if "teacher_probs" in inputs:
             return inputs["teacher_probs"]
         index = inputs["teacher_index"]
@@ -313,7 +330,7 @@ class DistillTrainer(Trainer):
             if len(sel) and (index[sel] >= 0).any():
                 logits, valid = teacher_logits(teacher, inputs["teacher_input_ids"][sel],
                                                inputs["teacher_attention_mask"][sel], index[sel])
-                parts.append((sel, sorted_probs(logits, self.args.temperature) * valid[..., None]))
+                parts.append((sel, teacher_sorted_probs(logits, valid, self.args.temperature, width)))
         out = index.new_zeros(*index.shape, max([p.shape[-1] for _, p in parts] or [1]), dtype=torch.float32)
         for sel, probs in parts:
             out[sel, :, : probs.shape[-1]] = probs
@@ -325,7 +342,8 @@ class DistillTrainer(Trainer):
         use_uld = bool(args.w_uld) and "student_index" in inputs
         parts = mtp_distill_loss(
             out.logits, getattr(out, "mtp_logits", None) or [], inputs["labels"], inputs.get("student_index"),
-            self.teacher_probs(inputs) if use_uld else None, w_ce=args.w_ce, w_uld=args.w_uld if use_uld else 0.0,
+            self.teacher_probs(inputs, out.logits.shape[-1]) if use_uld else None, w_ce=args.w_ce,
+            w_uld=args.w_uld if use_uld else 0.0,
             mtp_weight=args.mtp_weight, temperature=args.temperature,
         )
         values = torch.stack([parts.ce, parts.uld, parts.mtp_ce, parts.mtp_uld]).detach().float()[None]
@@ -493,14 +511,14 @@ def precompute_teacher(config: DistillConfig) -> dict:
                 encs = [encode(tokenizer, row, config.max_length) for row in batch]
                 ids = [e["input_ids"] for e in encs]
                 positions = _pad([[e["start"] - 1 + r for r in range(len(e["bounds"]))] for e in encs], -1)
-                logits, _ = teacher_logits(teacher, _pad(ids, 0).to(device),
-                                           _pad([[1] * len(x) for x in ids], 0).to(device),
-                                           positions.to(device))
-                logp = torch.log_softmax(logits.float() / config.temperature, dim=-1)  # (B, N, V), sorted below
+                logits, valid = teacher_logits(teacher, _pad(ids, 0).to(device),
+                                               _pad([[1] * len(x) for x in ids], 0).to(device),
+                                               positions.to(device))
+                logp = torch.log_softmax(logits.float() / config.temperature, dim=-1)  # (P, V), sorted below
                 logp = logp.topk(min(config.top_k or logp.shape[-1], logp.shape[-1]), dim=-1).values
+                per_sample = logp.split(valid.sum(1).tolist())  # the valid rows of each sample, in order
                 for j, e in enumerate(encs):
-                    m = len(e["bounds"])
-                    tensors[f"logprobs.{b0 + j}"] = logp[j, :m].cpu().contiguous()
+                    tensors[f"logprobs.{b0 + j}"] = per_sample[j].cpu().contiguous()
                     tensors[f"bounds.{b0 + j}"] = torch.tensor(e["bounds"], dtype=torch.long)
             path, tmp = out / f"shard-{shard:05d}.safetensors", out / f".shard-{shard:05d}.tmp"
             save_file(tensors, str(tmp), metadata={"ids": json.dumps([r["id"] for r in chunk]),
