@@ -43,10 +43,12 @@ def _rows(metrics: dict) -> list[tuple[str, str, dict]]:
 def format_table(metrics: dict) -> str:
     """A plain-text table: one line per suite and mode."""
     width = max(len(s) for s, _, _ in _rows(metrics)) + 2
+    cols = [max(14, len(title) + 2) for _, title, _ in COLUMNS]
     lines = [f"model: {metrics['model']}   think budget: {metrics['think_budget']}",
-             f"{'suite':{width}s}{'mode':6s}" + "".join(f"{title:>14s}" for _, title, _ in COLUMNS)]
+             f"{'suite':{width}s}{'mode':6s}" + "".join(f"{title:>{w}s}" for (_, title, _), w in zip(COLUMNS, cols))]
     for suite, mode, m in _rows(metrics):
-        lines.append(f"{suite:{width}s}{mode:6s}" + "".join(f"{_cell(m, k, f):>14s}" for k, _, f in COLUMNS))
+        lines.append(f"{suite:{width}s}{mode:6s}" + "".join(
+            f"{_cell(m, k, f):>{w}s}" for (k, _, f), w in zip(COLUMNS, cols)))
     return "\n".join(lines)
 
 
