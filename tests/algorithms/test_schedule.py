@@ -50,12 +50,13 @@ def test_schedule_runs_stage1_then_full_epochs_and_drops_prompts_without_signal(
              [1, 1, 1, 1, 0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 1, 0, 1])
     epoch1 = sorted(chain(*_take(batches, 2)))
     assert epoch1 == [1, 3, 4, 5] and s.epochs[1] == ["p1", "p3", "p4", "p5"]
-    assert s.stale == [2]  # p4, p5 were judged without a rollout of epoch 0 (the stale decisions, measured)
+    # Epoch 1 was decided when its first batch was asked for: 6 batches served, 1 scored (measured, in rl.json).
+    assert s.in_flight == [5]
 
     replay = _schedule()  # a resumed run: the recorded decisions give the same stream
     replay.load_state_dict(json.loads(json.dumps(s.state_dict())))
     assert _take(replay.batches(), 8) == stage1 + epoch0 + _take(s.batches(), 8)[6:]
-    assert replay.stale == s.stale
+    assert replay.in_flight == s.in_flight and replay.scored == s.scored == 1
 
     with pytest.raises(ValueError, match="reasoning-heavy"):
         PromptSchedule(["a"], [False], 1, stage1_batches=1)

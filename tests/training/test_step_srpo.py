@@ -451,6 +451,16 @@ def test_a_killed_run_resumes_from_its_checkpoint(finished, policy_dir, prompts_
 
 
 @pytest.mark.slow
+def test_history_resampling_decides_each_epoch_with_one_batch_in_flight(policy_dir, prompts_file, tmp_path):
+    """The measured effect of deciding an epoch before the last batch is scored: the dataloader asks for
+    the next batch one ahead, so exactly one generation batch (2 of the 4 prompts here) is unscored then."""
+    out = tmp_path / "run"
+    run_rl(_run_config(policy_dir, prompts_file, out, max_steps=5, stage1_steps=0, save_steps=50))
+    summary = json.loads((out / "rl.json").read_text())
+    assert summary["batches_in_flight_at_epoch_decisions"] == [1, 1] and len(summary["epochs"]) == 3
+
+
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model(finished, policy_dir, prompts_file, tmp_path):
     """`torchrun --nproc_per_node 2` on CPU: each process generates half of every batch; rewards, groups and
     metrics are gathered across both, gradients are averaged (DDP over gloo) and one process writes the outputs."""

@@ -117,15 +117,16 @@ class PromptSchedule:
     prompts stay dropped). Forced rollouts are left out of that test: their mode is no choice,
     and both forced modes always differ in r_J, so they would keep every prompt alive.
 
-    The epoch's prompt set is decided when the stream reaches it, which is one or more batches
-    ahead of training (the dataloader prefetches): the prompts of the previous epoch's last
+    The epoch's prompt set is decided when the stream reaches it, which is ahead of training (the
+    dataloader asks for the next batch one ahead: one batch in flight, measured in
+    tests/training/test_step_srpo.py): the prompts of the previous epoch's last
     batches are not scored yet and are judged on their latest recorded rollouts (those of an
     earlier epoch), or kept when they have none. So for those prompts (at most the prefetched
     batches' worth) the decision comes one epoch late: a prompt that should go stays one epoch
-    more, and none is dropped on rollouts it did not have. `stale[e - 1]` counts them for epoch e
-    (the previous epoch's prompts with no rollout recorded since that epoch was decided; in `rl.json`),
-    so the effect is measured on every run. Decisions are recorded (`state_dict`) so that a resumed
-    run replays the same order.
+    more, and none is dropped on rollouts it did not have. `in_flight[e - 1]` measures it on every
+    run: the generation batches served but not yet scored when epoch e was decided (each holds
+    `prompts_per_batch` such prompts; `rl.json` reports it). Decisions are recorded (`state_dict`)
+    so that a resumed run replays the same order.
 
     Args:
         ids: prompt id of each dataset row (unique).
@@ -152,8 +153,8 @@ class PromptSchedule:
         self._index = {pid: i for i, pid in enumerate(self.ids)}
         self.epochs: list[list[str]] = []  # prompt ids of each mix epoch, as decided
         self.last_rewards: dict[str, list[list[float]]] = {}  # prompt id -> latest unforced (r_J, r_A) per rollout
-        self.stale: list[int] = []  # per epoch e >= 1: prompts of epoch e - 1 judged without a rollout of e - 1
-        self._fresh: set[str] = set()  # prompts recorded since the last epoch was decided
+        self.in_flight: list[int] = []  # per epoch e >= 1: batches served, not yet scored, when e was decided
+        self.served = self.scored = 0  # generation batches
 
     def record(self, ids: Sequence[str], judge: Sequence[float], answer: Sequence[float],
                forced: Sequence[bool]) -> None:
@@ -163,7 +164,7 @@ class PromptSchedule:
             if not f:
                 batch.setdefault(pid, []).append([float(rj), float(ra)])
         self.last_rewards.update(batch)
-        self._fresh.update(ids)
+        self.scored += 1
 
     def epoch(self, e: int) -> list[str]:
         """Prompt ids of mix epoch `e` (decided once, on first use)."""
@@ -172,7 +173,7 @@ class PromptSchedule:
             if n == 0 or not self.resample:
                 kept = list(self.ids)
             else:
-                self.stale.append(sum(pid not in self._fresh for pid in self.epochs[n - 1]))
+                self.in_flight.append(self.served - self.scored)
                 kept = history_resample(self.epochs[n - 1], self.last_rewards, keep_unsolved=self.keep_unsolved)
                 dropped = len(self.epochs[n - 1]) - len(kept)
                 if not kept:
@@ -182,7 +183,6 @@ class PromptSchedule:
                 elif dropped:
                     logger.info("history resampling: epoch %d keeps %d prompts, drops %d", n, len(kept), dropped)
             self.epochs.append(kept)
-            self._fresh = set()
         return self.epochs[e]
 
     def _stream(self) -> Iterator[int]:
@@ -197,15 +197,18 @@ class PromptSchedule:
     def batches(self) -> Iterator[list[int]]:
         """Dataset row indices of each generation batch, forever."""
         stream = self._stream()
+        self.served = 0  # a resumed run replays the batches it already scored
         while True:
-            yield [next(stream) for _ in range(self.prompts_per_batch)]
+            batch = [next(stream) for _ in range(self.prompts_per_batch)]
+            self.served += 1
+            yield batch
 
     def batches_per_epoch(self) -> int:
         return math.ceil(len(self.ids) / self.prompts_per_batch)
 
     def state_dict(self) -> dict:
-        return {"epochs": self.epochs, "last_rewards": self.last_rewards, "stale": self.stale,
-                "fresh": sorted(self._fresh)}
+        return {"epochs": self.epochs, "last_rewards": self.last_rewards, "in_flight": self.in_flight,
+                "scored": self.scored}
 
     def load_state_dict(self, state: dict) -> None:
         unknown = {pid for epoch in state.get("epochs", []) for pid in epoch} - set(self._index)
@@ -213,6 +216,6 @@ class PromptSchedule:
             raise ValueError(f"the saved schedule names prompts that are not in the data: {sorted(unknown)[:5]}")
         self.epochs = [list(e) for e in state.get("epochs", [])]
         self.last_rewards = {k: [list(r) for r in v] for k, v in state.get("last_rewards", {}).items()}
-        self.stale, self._fresh = list(state.get("stale", [])), set(state.get("fresh", []))
+        self.in_flight, self.scored = list(state.get("in_flight", [])), int(state.get("scored", 0))
 
 

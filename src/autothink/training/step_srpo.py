@@ -530,7 +530,7 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
         "model": config.model, "data": config.data, "prompts": len(rows), "stage1_prompts": stage1,
         "domains": sorted({r["domain"] for r in rows}), "resumed_from": resume,
         "global_step": trainer.state.global_step, "epochs": [len(e) for e in trainer.schedule.epochs],
-        "stale_decisions": trainer.schedule.stale,
+        "batches_in_flight_at_epoch_decisions": trainer.schedule.in_flight,
         "first": history[0] if history else None, "last": history[-1] if history else None, "plots": plots,
         "metrics": dict(result.metrics), "config": json.loads(config.to_json_string()),
     }
