@@ -172,7 +172,13 @@ def test_scripted_run_exact_metrics_and_outputs(tasks_file, tmp_path):
     metrics = run_eval(scripted_config(tasks_file, out), backend=Scripted())
     assert metrics["model"] == "scripted" and metrics["samples"] == 6
     for mode, expected in EXPECTED_ALL.items():
-        assert metrics["all"][mode] == pytest.approx(expected), mode
+        got = dict(metrics["all"][mode])
+        cis = got.pop("accuracy_ci"), got.pop("think_on_rate_ci")
+        assert got == pytest.approx(expected), mode
+        # 95% Wilson intervals of 2 samples: 2/2 -> [0.342, 1], 1/2 -> [0.095, 0.905], 0/2 -> [0, 0.658]
+        by_rate = {1.0: [0.342, 1.0], 0.5: [0.095, 0.905], 0.0: [0.0, 0.658]}
+        for ci, rate in zip(cis, (expected["accuracy"], expected["think_on_rate"])):
+            assert ci == pytest.approx(by_rate[rate], abs=1e-3), mode
     assert set(metrics["suites"]) == {"tasks:1", "tasks:2"}
     assert metrics["suites"]["tasks:1"]["auto"]["think_on_rate"] == 0
     assert metrics["suites"]["tasks:2"]["auto"]["overthinking"] == pytest.approx(0.6)
@@ -192,7 +198,11 @@ def test_scripted_run_exact_metrics_and_outputs(tasks_file, tmp_path):
 
     page = (out / "report.html").read_text()
     assert "<table>" in page and "tokens auto / on" in page and page.count("data:image/png;base64,") == 2
-    assert "<td>tasks:2</td><td>on</td><td>1</td><td>0.000</td>" in page
+    assert "<td>tasks:2</td><td>on</td><td>1</td><td>0.000</td><td>[0.00, 0.79]</td>" in page  # with its 95% CI
+    # Example replies: per mode the first correct and the first wrong one (auto got both right: one shown).
+    examples = page[page.index("<h2>Example replies</h2>"):]
+    assert examples.count("<details>") == 5 and "auto: tasks:1 q1 — correct" in examples
+    assert "off: tasks:2 q2 — wrong, malformed: unterminated &lt;answer&gt;" in examples
     for name in ("think_tokens.png", "accuracy_tokens.png", "settings.json"):
         assert (out / name).stat().st_size > 0
 

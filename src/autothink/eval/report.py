@@ -15,6 +15,7 @@ MODE_COLORS = {"auto": "#4C72B0", "on": "#C44E52", "off": "#55A868"}
 COLUMNS = (
     ("n", "n", "{:d}"),
     ("accuracy", "accuracy", "{:.3f}"),
+    ("accuracy_ci", "accuracy 95% CI", "[{0[0]:.2f}, {0[1]:.2f}]"),
     ("accuracy_well_formed", "acc. (well-formed)", "{:.3f}"),
     ("think_on_rate", "think-on rate", "{:.3f}"),
     ("format_rate", "well-formed", "{:.3f}"),
@@ -73,9 +74,12 @@ def format_comparison(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_plots(metrics: dict, output_dir: str | Path) -> list[Path]:
-    """`think_tokens.png` (think-on rate and mean tokens per suite and mode) and
-    `accuracy_tokens.png` (accuracy against mean tokens; a line joins each suite's modes)."""
+def write_plots(metrics: dict, output_dir: str | Path, max_tokens: int | None = None) -> list[Path]:
+    """`think_tokens.png` (the think-on rate of the modes the model chooses, with 95% intervals, and
+    mean tokens per suite and mode) and `accuracy_tokens.png` (accuracy with 95% intervals against
+    mean tokens; a line joins each suite's modes). Forced modes are left out of the think-on panel
+    (their rate is 1 or 0 by construction); `max_tokens`, the cap of a reply, is drawn on both token
+    axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,17 +89,29 @@ def write_plots(metrics: dict, output_dir: str | Path) -> list[Path]:
     suites = [*metrics["suites"], "all"]
     by = {**metrics["suites"], "all": metrics["all"]}
     modes = list(metrics["all"])
-    width = 0.8 / len(modes)
 
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(suites)), 4))
-    for ax, key, title in ((axes[0], "think_on_rate", "think-on rate"), (axes[1], "total_tokens", "mean tokens")):
-        for j, mode in enumerate(modes):
-            xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(suites))]
-            ax.bar(xs, [by[s][mode][key] for s in suites], width, label=mode, color=MODE_COLORS[mode])
+    free = [m for m in modes if m == "auto"]
+    for ax, key, title, shown in ((axes[0], "think_on_rate", "think-on rate (the model's choice)", free),
+                                  (axes[1], "total_tokens", "mean tokens", modes)):
+        step = 0.8 / max(len(shown), 1)
+        for j, mode in enumerate(shown):
+            xs = [i + (j - (len(shown) - 1) / 2) * step for i in range(len(suites))]
+            values = [by[s][mode][key] for s in suites]
+            errors = None
+            if key == "think_on_rate" and all(by[s][mode].get("think_on_rate_ci") for s in suites):
+                errors = [[v - by[s][mode]["think_on_rate_ci"][0] for s, v in zip(suites, values)],
+                          [by[s][mode]["think_on_rate_ci"][1] - v for s, v in zip(suites, values)]]
+            ax.bar(xs, values, step, yerr=errors, capsize=3, label=mode, color=MODE_COLORS[mode])
         ax.set_xticks(range(len(suites)), suites, rotation=20, ha="right")
         ax.set_title(f"{title} per benchmark")
+    if not free:
+        axes[0].text(0.5, 0.5, "no auto mode in this run:\nforced modes' rates are 1 and 0 by construction",
+                     ha="center", va="center", transform=axes[0].transAxes, fontsize=9)
+    if max_tokens:
+        axes[1].axhline(max_tokens, color="#555555", ls="--", lw=1, label=f"max_tokens cap ({max_tokens})")
     axes[0].set_ylim(0, 1.05)
-    axes[0].legend(title="mode")
+    axes[1].legend(title="mode", fontsize=8)
     fig.tight_layout()
     bars = out / "think_tokens.png"
     fig.savefig(bars, dpi=100)
@@ -107,8 +123,14 @@ def write_plots(metrics: dict, output_dir: str | Path) -> list[Path]:
         ax.plot(*zip(*points), color="#999999", lw=2 if suite == "all" else 0.8, zorder=1)
         ax.annotate(suite, points[-1], fontsize=8, xytext=(4, 4), textcoords="offset points")
     for mode in modes:
-        ax.scatter([by[s][mode]["total_tokens"] for s in suites], [by[s][mode]["accuracy"] for s in suites],
-                   color=MODE_COLORS[mode], label=mode, zorder=2)
+        xs, ys = [by[s][mode]["total_tokens"] for s in suites], [by[s][mode]["accuracy"] for s in suites]
+        cis = [by[s][mode].get("accuracy_ci") for s in suites]
+        if all(cis):
+            ax.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]],
+                        fmt="none", ecolor=MODE_COLORS[mode], alpha=0.5, capsize=2, zorder=1)
+        ax.scatter(xs, ys, color=MODE_COLORS[mode], label=mode, zorder=2)
+    if max_tokens:
+        ax.axvline(max_tokens, color="#555555", ls="--", lw=1, label=f"max_tokens cap ({max_tokens})")
     ax.set_xlabel("mean tokens per sample")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.05, 1.05)
@@ -155,8 +177,27 @@ def _comparison(metrics: dict) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def write_report(metrics: dict, config: dict, plots: list[Path], path: str | Path) -> Path:
-    """One HTML file with the settings, the comparison and metrics tables and the plots inlined."""
+def _examples(samples: list[dict], per_mode: int = 2) -> str:
+    """A few replies per mode: the first correct and the first wrong ones, in sample order."""
+    parts = []
+    for mode in dict.fromkeys(s["mode"] for s in samples):
+        mine = [s for s in samples if s["mode"] == mode]
+        chosen = ([s for s in mine if s["passed"]][: per_mode // 2 or 1]
+                  + [s for s in mine if not s["passed"]][: per_mode - per_mode // 2])
+        for s in chosen:
+            verdict = "correct" if s["passed"] else "wrong"
+            well = "well-formed" if s["parsed"]["well_formed"] else "malformed: " + "; ".join(s["parsed"]["errors"][:2])
+            parts.append(
+                f"<details><summary>{mode}: {html.escape(s['suite'])} {html.escape(str(s['task_id']))} — {verdict}, "
+                f"{html.escape(well)}, {s['tokens']['total']} tokens, {s['finish_reason']}</summary>"
+                f"<pre>{html.escape(s['response'][:2000])}</pre></details>")
+    return "".join(parts) or "<p>(no samples)</p>"
+
+
+def write_report(metrics: dict, config: dict, plots: list[Path], path: str | Path,
+                 samples: list[dict] | None = None) -> Path:
+    """One HTML file with the settings, the comparison and metrics tables (95% intervals), the plots
+    inlined and a few example replies per mode (`samples`: the eval's sample records)."""
     images = "".join(
         f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
         for p in plots
@@ -171,6 +212,7 @@ def write_report(metrics: dict, config: dict, plots: list[Path], path: str | Pat
 <h2>Auto against forced on and forced off</h2>{_comparison(metrics)}
 <h2>All metrics</h2>{_metrics_table(_rows(metrics))}
 <h2>Plots</h2>{images}
+<h2>Example replies</h2>{_examples(samples or [])}
 <h2>Settings</h2><table>{settings}</table>
 </body></html>
 """

@@ -16,6 +16,7 @@ max_tokens, temperature, ...) are refused for an output dir that holds samples.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -218,6 +219,20 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of a binomial rate (95% by default): `[low, high]`.
+
+    >>> [round(x, 3) for x in wilson_interval(8, 10)]
+    [0.49, 0.943]
+    """
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    p, z2 = successes / n, z * z
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [max(0.0, center - half), min(1.0, center + half)]
+
+
 def overthinking_score(samples: list[dict], budget: int) -> float:
     """OptimalThinkingBench-style: mean of correct × max(0, 1 − think_tokens / budget).
 
@@ -241,11 +256,15 @@ def group_metrics(samples: list[dict], think_budget: int) -> dict:
         raise ValueError("no samples to summarize")
     well_formed = [s["passed"] for s in samples if s["parsed"]["well_formed"]]
     asked = [s["parsed"]["mode"] == s["directive"] for s in samples if s.get("directive")]
+    correct = sum(bool(s["passed"]) for s in samples)
+    thinking = sum(s["parsed"]["mode"] == "on" for s in samples)
     return {
         "n": len(samples),
-        "accuracy": _mean([s["passed"] for s in samples]),
+        "accuracy": correct / len(samples),
+        "accuracy_ci": wilson_interval(correct, len(samples)),  # 95%, binomial
         "accuracy_well_formed": _mean(well_formed) if well_formed else None,  # malformed replies left out
-        "think_on_rate": _mean([s["parsed"]["mode"] == "on" for s in samples]),
+        "think_on_rate": thinking / len(samples),
+        "think_on_rate_ci": wilson_interval(thinking, len(samples)),
         "format_rate": _mean([s["parsed"]["well_formed"] for s in samples]),
         "truncated_rate": _mean([s["finish_reason"] == "length" for s in samples]),
         **{f"{part}_tokens": _mean([s["tokens"][part] for s in samples]) for part in (*SEGMENTS, "total")},
@@ -337,8 +356,8 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if Path(config.model).is_dir():
         add_eval_table(config.model, metrics)  # into its model card, when autothink trained it
-    plots = write_plots(metrics, out)
-    write_report(metrics, asdict(config), plots, out / "report.html")
+    plots = write_plots(metrics, out, max_tokens=config.max_tokens)
+    write_report(metrics, asdict(config), plots, out / "report.html", samples=records)
     print(format_table(metrics))
     print(f"samples: {samples_path}   metrics: {out / 'metrics.json'}   report: {out / 'report.html'}")
     return metrics
