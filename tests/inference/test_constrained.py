@@ -134,3 +134,21 @@ def test_backends_that_cannot_constrain_refuse(tiny):
         create_app(http, controls=ControlOptions(constrained=True))
     with pytest.raises(ValueError, match="constrained must be a boolean"):
         SamplingParams(constrained="yes")
+
+
+def test_serve_constrained_keeps_every_reply_in_the_grammar(tiny):
+    import openai
+
+    from autothink.serve import running_server
+
+    with running_server(create_app(tiny, controls=ControlOptions(constrained=True, forced_judge="empty"))) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for extra in ({}, {"thinking": "on"}, {"thinking": "off"}):
+            r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=24,
+                                          temperature=0, extra_body=extra)
+            thinking = extra.get("thinking", "auto")
+            raw = r.choices[0].raw_content
+            assert state_after(forced_prefix(thinking) + raw).where != BROKEN, raw
+    # Unconstrained, this random model's reply is out of the grammar from its first token.
+    free = tiny.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(temperature=0, max_tokens=24))[0][0]
+    assert state_after(free.text).where == BROKEN
