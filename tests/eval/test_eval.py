@@ -323,6 +323,13 @@ def _sample(variant, mode, directive=None, base="b1", control="auto", k=0):
             "tokens": {"judge": 1, "think": 0, "answer": 1, "total": 3}}
 
 
+def test_constrained_eval_of_a_backend_that_cannot_is_refused_before_sampling(tasks_file, tmp_path):
+    backend = Scripted()
+    with pytest.raises(ValueError, match="--constrained needs a local model"):
+        run_eval(scripted_config(tasks_file, tmp_path / "c", constrained=True), backend=backend)
+    assert backend.calls == [] and not (tmp_path / "c" / "samples.jsonl").exists()
+
+
 def test_directive_obedience_and_near_miss_agreement_by_hand():
     samples = [
         _sample("plain", "on"), _sample("near_miss", "on"), _sample("off", "off", "off"), _sample("on", "off", "on"),

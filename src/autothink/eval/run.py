@@ -313,6 +313,8 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
     out = Path(config.output_dir)
     settings = _check_settings(config, out)
     backend = backend or open_backend(config)
+    if config.constrained and not backend.supports_constrained:
+        raise ValueError(f"--constrained needs a local model; {backend!r} cannot constrain decoding")
     local_tokenizer = getattr(backend, "tokenizer", None)
     if local_tokenizer is not None:  # a local model: let its chat template take `thinking`
         install_chat_template(local_tokenizer)
