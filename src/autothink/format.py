@@ -22,6 +22,10 @@ SPECIAL_TOKENS = (JUDGE, JUDGE_END, THINK_ON, THINK_OFF, THINK, THINK_END, ANSWE
 MODES: tuple[Mode, ...] = ("on", "off")  # the two regimes
 THINKING: tuple[Thinking, ...] = ("auto", "on", "off")  # the mode controls: the model decides, or a forced mode
 MODE_TOKENS: dict[str, str] = {"on": THINK_ON, "off": THINK_OFF}
+# Forcing a mode after the model's own judge: the judge ends at `</judge>` or at any later tag the
+# model writes instead; the forced mode then follows the model's judge, or an empty one (the prefill).
+JUDGE_STOPS = (JUDGE_END, THINK_ON, THINK_OFF, THINK, ANSWER, ANSWER_END)
+FORCED_JUDGES = ("model", "empty")
 
 _TAG_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 

@@ -124,9 +124,9 @@ def segment_lengths(completion_ids: torch.Tensor, segments: torch.Tensor, comple
         {"judge": [B], "think": [B], "answer": [B]} token counts.
     """
     out = {"judge": [], "think": [], "answer": []}
-    for row, seg, mask, (start, end) in zip(completion_ids.tolist(), segments.tolist(), completion_mask.tolist(),
-                                            forced_spans):
-        valid = [j for j in range(len(row)) if mask[j] and not start <= j < end]
+    for row, seg, mask, (f_start, f_end) in zip(completion_ids.tolist(), segments.tolist(),
+                                                completion_mask.tolist(), forced_spans):
+        valid = [j for j in range(len(row)) if mask[j] and not f_start <= j < f_end]
         begin = row.index(think_id) if think_id in row else None
         end = row.index(think_end_id, begin) if begin is not None and think_end_id in row[begin:] else len(row)
         think = [j for j in valid if seg[j] == SEG_RESPONSE and begin is not None and begin <= j <= end]

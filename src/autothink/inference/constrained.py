@@ -44,10 +44,8 @@ NEXT = {  # (position, tag) -> position
     (ON, THINK): THINKING, (THINKING, THINK_END): THOUGHT, (THOUGHT, ANSWER): ANSWERING, (OFF, ANSWER): ANSWERING,
     (ANSWERING, ANSWER_END): END,
 }
-EXPECTED = {}  # position between segments -> the tags that may come next
-for (_where, _tag), _ in NEXT.items():
-    if _where not in SEGMENTS:
-        EXPECTED.setdefault(_where, []).append(_tag)
+EXPECTED = {where: [t for (w, t) in NEXT if w == where]  # position between segments -> the tags that may come next
+            for where, _ in NEXT if where not in SEGMENTS}
 _TAG_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 _TAG_PREFIXES = {t[:k] for t in SPECIAL_TOKENS for k in range(1, len(t))}  # proper prefixes of the tags
 _LONGEST_TAG = max(map(len, SPECIAL_TOKENS))

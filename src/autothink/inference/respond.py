@@ -33,14 +33,14 @@ from typing import Callable, Iterator, Sequence
 from autothink.format import (
     ANSWER,
     ANSWER_END,
+    FORCED_JUDGES,
     JUDGE,
     JUDGE_END,
+    JUDGE_STOPS,
     MODE_TOKENS,
     SPECIAL_TOKENS,
     THINK,
     THINK_END,
-    THINK_OFF,
-    THINK_ON,
     THINKING,
     Mode,
     Parsed,
@@ -56,9 +56,7 @@ from autothink.inference.backend import (
 )
 
 _JUDGE, _OWN_JUDGE, _THINK, _ANSWER = "judge", "own_judge", "think", "answer"  # stages
-_STAGE_STOPS = {_JUDGE: (THINK, ANSWER_END), _OWN_JUDGE: (JUDGE_END, THINK_ON, THINK_OFF, THINK, ANSWER, ANSWER_END),
-                _THINK: (THINK_END,), _ANSWER: (ANSWER_END,)}
-FORCED_JUDGES = ("model", "empty")  # a forced mode follows the model's own judge, or an empty one
+_STAGE_STOPS = {_JUDGE: (THINK, ANSWER_END), _OWN_JUDGE: JUDGE_STOPS, _THINK: (THINK_END,), _ANSWER: (ANSWER_END,)}
 
 
 @dataclass

@@ -390,5 +390,5 @@ def run_serve(config: ServeConfig) -> None:
     install_chat_template(backend.tokenizer)
     serve(backend, host=config.host, port=config.port, grace_s=config.grace_seconds, max_queue=config.max_queue,
           max_batch=config.max_batch, default_max_tokens=config.max_tokens,
-          controls=ControlOptions(config.force_directives, config.forced_judge, config.constrained),
+          controls=config,  # a ServeConfig is ControlOptions
           model_name=config.served_model_name, api_key=config.api_key or os.environ.get("AUTOTHINK_API_KEY"))

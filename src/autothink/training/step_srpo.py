@@ -89,14 +89,14 @@ from autothink.algorithms.trie import check_trie_model, trie_row_logprobs
 from autothink.format import (
     ANSWER,
     ANSWER_END,
+    FORCED_JUDGES,
     JUDGE_END,
+    JUDGE_STOPS,
     MODE_TOKENS,
     MODES,
     SPECIAL_TOKENS,
     THINK,
     THINK_END,
-    THINK_OFF,
-    THINK_ON,
     forced_prefix,
     parse,
 )
@@ -117,7 +117,6 @@ logger = logging.getLogger(__name__)
 SCHEDULE_FILE = "srpo_schedule.json"
 LOSS_MASK = "srpo_loss_mask"  # the generation batch's key of Step-SRPO's per-token loss mask [B, T]
 LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo", "cispo", "sapo")  # token-level: per-token advantages apply
-JUDGE_STOPS = (JUDGE_END, THINK_ON, THINK_OFF, THINK, ANSWER, ANSWER_END)  # phase 1 of a rollout ends at these
 
 
 @dataclass
@@ -141,7 +140,7 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
     forced_judge: str = field(default="model", metadata={
         "help": "model: a forced rollout writes its own judge, then the mode token is forced (two-phase "
                 "generation); empty: it continues an empty-judge prefill (one call; the measured fallback)",
-        "choices": ["model", "empty"]})
+        "choices": list(FORCED_JUDGES)})
     judge_max_tokens: int = field(default=128, metadata={
         "help": "phase 1 of forced_judge=model: most judge tokens before the judge is closed for the rollout"})
     mode_delta: float = field(default=0.0, metadata={
@@ -182,7 +181,7 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
         if self.scale_rewards not in ("group", "none"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r}: Step-SRPO normalises within each group ('group') "
                              "or only centres ('none')")
-        if self.forced_judge not in ("model", "empty"):
+        if self.forced_judge not in FORCED_JUDGES:
             raise ValueError(f"forced_judge must be model or empty, got {self.forced_judge!r}")
         if isinstance(self.judge_max_tokens, bool) or not isinstance(self.judge_max_tokens, int) or \
                 self.judge_max_tokens < 1:
@@ -298,14 +297,13 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         for i, (judge, mode) in enumerate(zip(judges, self._forced)):
             judge = list(judge)
             cut = next((j for j, t in enumerate(judge) if t in stops or t in ends), None)
-            own = judge if cut is None else judge[:cut + 1]  # through the stop token
-            if mode is not None:  # keep the judge; the forcing closes it and writes the mode
-                if own and own[-1] != self.tag_ids[JUDGE_END] and cut is not None:
-                    own = own[:-1]
-                forced = ([] if own[-1:] == [self.tag_ids[JUDGE_END]] else [self.tag_ids[JUDGE_END]]) + [
+            if mode is None:  # a free rollout keeps what it sampled, through the stop token
+                own, forced = judge if cut is None else judge[:cut + 1], []
+            else:  # a forced one keeps its judge; the forcing closes it and writes the mode
+                closed = cut is not None and judge[cut] == self.tag_ids[JUDGE_END]
+                own = judge[:cut + 1] if closed else judge[:cut]
+                forced = ([] if closed else [self.tag_ids[JUDGE_END]]) + [
                     self.tag_ids[MODE_TOKENS[mode]], self.tag_ids[THINK if mode == "on" else ANSWER]]
-            else:
-                forced = []
             heads.append(own + forced)
             self._spans.append((len(own), len(own) + len(forced)))
             finished.append(mode is None and cut is not None and own[-1] in ends | {self.tag_ids[ANSWER_END]})
