@@ -10,12 +10,12 @@
       eval: {suites: ["arithmetic:1", "arithmetic:3"]}
 
 A stage is a job name (`tag`, `synth`, `coldstart`, `upscale`, `distill`, `sft`, `rl`, `eval`,
-and for agents `agent_collect`, `agent_sft`, `agent_eval`), optionally with a label after a colon
+and for agents `agent_collect`, `agent_sft`, `agent_rl`, `agent_eval`), optionally with a label after a colon
 to run a job twice (`eval:base`, `eval`). Options a stage leaves out are wired to the stages
 before it: the data stages share `<output_dir>/data`, a model stage starts from the model the
 last model stage produced (or `model`), `distill` reads the stage-1 data, `sft` the cold-start
 data, `rl` the RL prompts, `eval` and `agent_eval` the last model, `agent_sft` the trajectories
-of the `agent_collect` stage.
+of the `agent_collect` stage (`agent_rl` starts from the last model and reads its own tasks).
 
 Every stage's options are checked before any work starts (a typo'd key gets "did you mean").
 A finished stage is recorded in `<output_dir>/run_state.json` with its options and skipped on
@@ -40,8 +40,8 @@ from autothink.inference.spec import local_model
 
 STAGES = {job.stage: job for job in JOBS.values() if job.stage}  # stage name -> its job
 DATA_STAGES = ("tag", "synth", "coldstart")
-MODEL_STAGES = ("upscale", "distill", "sft", "rl", "agent_sft")
-TRAINERS = ("distill", "sft", "rl", "agent_sft")
+MODEL_STAGES = ("upscale", "distill", "sft", "rl", "agent_sft", "agent_rl")
+TRAINERS = ("distill", "sft", "rl", "agent_sft", "agent_rl")
 RECIPE_KEYS = ("output_dir", "model", "stages")
 # Options that name a model or backend, checked before any work (local models must exist).
 BACKEND_OPTIONS = ("model", "student", "teacher", "teacher_on", "teacher_off", "teachers", "on_backend", "off_backend",
@@ -80,6 +80,7 @@ def _wired(job: str, out: Path, model: str) -> dict:
         "eval": {"model": model},
         "agent_collect": {},
         "agent_sft": {"model": model, "data": str(out / "agent_collect" / "trajectories.jsonl")},
+        "agent_rl": {"model": model},
         "agent_eval": {"backend": model},
     }[job]
 

@@ -1,7 +1,7 @@
 """The TRL members autothink touches beyond the public API, pinned to trl 1.16.0.
 
-`training/step_srpo.py` overrides eight `GRPOTrainer` methods and calls or reads a few more
-private ones. Each entry records the signature and a hash of the source in the pinned TRL and
+`training/step_srpo.py` (Step-SRPO), `training/agentic_rl.py` (agent rl) and their shared
+`training/grpo_parts.py` override `GRPOTrainer` methods and call or read a few more private ones. Each entry records the signature and a hash of the source in the pinned TRL and
 what to re-check when it changes; a TRL upgrade fails here first, loudly, with the list.
 """
 import hashlib
@@ -9,9 +9,11 @@ import inspect
 
 import trl
 
+from autothink.training.agentic_rl import AgentRLTrainer
+from autothink.training.grpo_parts import GRPOParts
 from autothink.training.step_srpo import StepSRPOTrainer
 
-# name: (signature, sha256[:16] of the source, what to re-check in autothink/training/step_srpo.py)
+# name: (signature, sha256[:16] of the source, what to re-check in the trainers)
 GRPO_METHODS = {
     "_generate_single_turn": (
         "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)", "e0f02e4fc094cefd",
@@ -60,6 +62,20 @@ GRPO_METHODS = {
          "is the one log-prob pass of old, reference and policy log-probs (overridden with --packing trie), scores "
          "the last logits_to_keep columns at HF's default positions (the column index) with 0 off the mask, and "
          "divides the logits by self.temperature")),
+    "_tool_call_loop": (
+        "(self, prompts, prompt_ids, completion_ids, completions, logprobs, images, multimodal_fields)",
+        "1c501f7f3b469f7e",
+        ("agent rl replaces it whole: it is still called by _generate after the first turn with one completion per "
+         "row (self._sync_tool_dicts / self.environments in row order) and must return (tool_mask, completions, "
+         "completion_ids, logprobs, tool_call_count, tool_failure_count, tool_images), tool_mask 0 on tool tokens, "
+         "logprobs 0.0 there; it still regenerates through _generate_single_turn(ids, images, fields, 1)")),
+    "_get_tool_suffix_ids": (
+        "(self, tool_messages)", "e62362aef61aa88c",
+        ("it still returns the token ids that follow an assistant turn ending at EOS: the tool messages "
+         "({role, name, content}) and the next assistant header, for concatenation without re-tokenising")),
+    "_tokenize_prompts": (
+        "(self, prompts: list)", "d2d27f7c9bfda85f",
+        "it still renders each prompt with tools=self._env_tools[<its environment>], which agent rl sets to schemas"),
     "_log_completion_extra": (
         "(self, column: str, values: list)", "afe43ddaa96cfd5c",
         "it still adds one column of per-local-row values to the completion tables"),
@@ -75,6 +91,12 @@ GRPO_SOURCE = [
     ("__init__", "self.num_generations_eval", "the eval group size of Step-SRPO's groups"),
     ("_compute_loss", 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]',
      "the loss mask of Step-SRPO (no loss on forced prefixes) reaches the loss through inputs['tool_mask']"),
+    ("__init__", "self._environment_pool[name] = [instance]",
+     "agent rl reads one pooled instance per environment to give the prompts our tool schemas"),
+    ("_calculate_rewards", 'reward_kwargs["environments"] = self.environments',
+     "agent rl executes each rollout's calls in self.environments[i], the instance TRL resets and scores"),
+    ("_generate", "self._tool_call_loop(",
+     "agent rl's tool loop (with early termination) is where TRL plays the later turns"),
     ("_generate_single_turn", "generation_kwargs=self.generation_kwargs,",
      "phase 1 of a forced rollout stops at </judge>: its max_new_tokens and eos ids reach generate this way"),
     ("_generate_single_turn", "**generate_inputs, generation_config=self.generation_config",
@@ -123,8 +145,9 @@ def test_vllm_generation_reads_its_limits_at_each_call():
 
 
 def test_every_override_has_an_entry():
-    overridden = {n for n, v in vars(StepSRPOTrainer).items() if callable(v) and hasattr(trl.GRPOTrainer, n)}
-    assert overridden - {"__init__"} <= set(GRPO_METHODS), f"overrides without a contract entry: {overridden}"
+    for cls in (StepSRPOTrainer, AgentRLTrainer, GRPOParts):
+        overridden = {n for n, v in vars(cls).items() if callable(v) and hasattr(trl.GRPOTrainer, n)}
+        assert overridden - {"__init__"} <= set(GRPO_METHODS), f"{cls.__name__} overrides without an entry: {overridden}"
 
 
 def test_grpo_accepts_the_coding_environment_and_parses_our_tool_calls(tokenizer, tmp_path):

@@ -1,11 +1,10 @@
 """BFCL's multi-turn simulators as environments: the ground truth scores 1, anything else does not, every
 bad call is answered, hidden functions stay hidden, and every API combination has schemas TRL can read."""
-import inspect
 import json
 
 import pytest
 
-from autothink.environments.bfcl import CATEGORIES, bfcl_environment, load_bfcl_tasks, parse_call
+from autothink.environments.bfcl import CATEGORIES, bfcl_environment, ground_truth_calls, load_bfcl_tasks
 from autothink.environments.reference_agent import ReferenceAgent
 from autothink.environments.rollout import execute, run_episode, tool_schemas, tools_of
 from autothink.inference.backend import SamplingParams
@@ -14,16 +13,12 @@ from autothink.tasks.trajectory import check_trajectory, failure, llm_calls
 
 def _replay(env, task, skip=None):
     """Play the ground truth through the tools, as a model would, leaving out call `skip` (turn, index)."""
-    truth = task.metadata["ground_truth"]
-    for t, calls in enumerate(truth):
-        for k, text in enumerate(calls):
-            if (t, k) == skip:
-                continue
-            name, arguments = parse_call(text)
-            names = list(inspect.signature(getattr(env, name)).parameters)
-            arguments.update(zip(names, arguments.pop("__args__")))
-            getattr(env, name)(**arguments)
-        if t < len(truth) - 1:
+    turns = len(task.metadata["ground_truth"])
+    for t in range(turns):
+        for k, (name, arguments) in enumerate(ground_truth_calls(task, t)):
+            if (t, k) != skip:
+                getattr(env, name)(**arguments)
+        if t < turns - 1:
             env._next_question()
 
 

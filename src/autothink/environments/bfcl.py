@@ -90,6 +90,19 @@ def parse_call(text: str) -> tuple[str, dict]:
                           **{k.arg: ast.literal_eval(k.value) for k in node.keywords}}
 
 
+def ground_truth_calls(task: Task, turn: int) -> list[tuple[str, dict]]:
+    """A turn's ground-truth calls as (name, keyword arguments); positional arguments get their parameter names."""
+    truth = task.metadata["ground_truth"]
+    env = bfcl_environment(task)
+    calls = []
+    for text in truth[turn] if turn < len(truth) else []:
+        name, arguments = parse_call(text)
+        names = list(inspect.signature(getattr(env, name)).parameters)
+        arguments.update(zip(names, arguments.pop("__args__")))
+        calls.append((name, arguments))
+    return calls
+
+
 def _docstring(doc: dict) -> str:
     props = doc.get("parameters", {}).get("properties", {})
     lines = [doc.get("description", doc["name"]).strip(), ""]

@@ -95,21 +95,19 @@ class ReferenceAgent(Backend):
 
     def bfcl_step(self, task: Task, conversation: Conversation) -> str:
         """The next reply on a BFCL task: the turn's ground-truth calls one by one, then a short answer."""
-        from autothink.environments.bfcl import bfcl_environment, parse_call
+        from autothink.environments.bfcl import bfcl_environment, ground_truth_calls
 
         replies = [m for m in conversation if m.get("role") == "assistant"]
         turn = sum(not m.get("tool_calls") for m in replies)
         since = len(replies) - max((i + 1 for i, m in enumerate(replies) if not m.get("tool_calls")), default=0)
         truth = task.metadata["ground_truth"]
-        calls = truth[turn] if turn < len(truth) else []
+        calls = ground_truth_calls(task, turn)
         rng = random.Random(record_seed(task.id, "reference-agent", self.seed))
         noisy_turn = rng.randrange(len(truth)) if rng.random() < self.noise and truth else -1
         steps = []
         env = bfcl_environment(task)
-        for k, text in enumerate(calls):
-            name, arguments = parse_call(text)
+        for k, (name, arguments) in enumerate(calls):
             names = list(inspect.signature(getattr(env, name)).parameters)
-            arguments.update(zip(names, arguments.pop("__args__")))
             if turn == noisy_turn and k == 0:
                 bogus = next(b for b in ("dry_run", "verbose_mode") if b not in names)
                 steps.append(_call(name, {**arguments, bogus: True}))  # no such argument: a real tool error

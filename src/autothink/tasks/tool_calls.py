@@ -119,6 +119,8 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict], dict[int, str]]:
             obj = json.loads(raw)
         except json.JSONDecodeError as err:
             obj, problem = None, f"not JSON ({err.msg} at column {err.colno})"
+        except RecursionError:
+            obj, problem = None, "JSON nested too deeply"
         if problem is None and not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]):
             problem = 'expected {"name": <tool name>, "arguments": {...}}'
         elif problem is None and not isinstance(obj.get("arguments", {}), dict):

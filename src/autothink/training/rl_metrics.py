@@ -1,10 +1,12 @@
-"""What `autothink rl` logs: Step-SRPO batch metrics, `rl_metrics.jsonl` and its plots.
+"""What `autothink rl` and `autothink agent rl` log: batch metrics, their JSONL and its plots.
 
 Metrics per generation batch (train): think-on rate (unforced rollouts that chose a mode),
 judge accuracy (unforced, mode == m*), accuracy overall and per mode, tokens per segment
 (judge/think/answer, unforced; prefill not counted), format-error rate, per-domain breakdown.
 The trainer sends them to the Trainer logs as `srpo/...` (so `report_to` gets them) and appends
 one row per batch to `rl_metrics.jsonl`; `think_on_rate.png` and `tokens.png` are drawn at the end.
+`agent rl` logs `agent_metrics` (as `agent/...`) to `agent_rl_metrics.jsonl` and draws
+`agent_rewards.png` and `agent_tools.png`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from autothink.records.jsonl import load_done, read_jsonl, write_jsonl
 
 METRICS_FILE = "rl_metrics.jsonl"
+AGENT_METRICS_FILE = "agent_rl_metrics.jsonl"
 
 
 def _mean(values) -> float | None:
@@ -59,6 +62,39 @@ def srpo_metrics(modes, forced, well_formed, correct, correct_mode, judge_reward
     return m
 
 
+def agent_metrics(episodes: list[dict], tests: list[float], discrepancies: list[float],
+                  alpha: float) -> dict[str, float | int]:
+    """`agent rl` metrics of one batch; `episodes` are per-rollout records (turns, tool_calls, tool_errors,
+    tokens, resamples, end), `tests` the rule-based test results, `discrepancies` those to the closest reference.
+
+    reward = test - alpha * discrepancy (the sum TRL forms from the two reward columns); pass_rate: tests == 1;
+    tool_error_rate: failed calls / calls; terminated: rollouts cut for drift after their last resample.
+    """
+    n = len(episodes)
+    calls = sum(e["tool_calls"] for e in episodes)
+    ends = {}
+    for e in episodes:
+        ends[e["end"]] = ends.get(e["end"], 0) + 1
+    return {
+        "reward": _mean(t - alpha * d for t, d in zip(tests, discrepancies)),
+        "test_reward": _mean(tests), "pass_rate": _mean(t == 1.0 for t in tests),
+        "discrepancy": _mean(discrepancies),
+        "tool_calls": _mean(e["tool_calls"] for e in episodes),
+        "tool_error_rate": sum(e["tool_errors"] for e in episodes) / calls if calls else None,
+        "turns": _mean(e["turns"] for e in episodes), "tokens": _mean(e["tokens"] for e in episodes),
+        "resampled": sum(e["resamples"] for e in episodes), "terminated": ends.get("terminated", 0),
+        **{f"end/{k}": v / n for k, v in sorted(ends.items())},
+    }
+
+
+def plot_agent_metrics(metrics_path: str | Path, output_dir: str | Path) -> list[str]:
+    """Draw `agent_rewards.png` (reward, test reward, pass rate, discrepancy) and `agent_tools.png` (tool-error
+    rate, turns, resampled and terminated rollouts) over steps."""
+    return _plot(read_metrics(metrics_path), output_dir, (
+        ("agent_rewards.png", ("reward", "test_reward", "pass_rate", "discrepancy"), "per rollout"),
+        ("agent_tools.png", ("tool_error_rate", "turns", "resampled", "terminated"), "per batch")))
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -76,17 +112,21 @@ def drop_rows_from(path: str | Path, step: int) -> None:
 
 def plot_rl_metrics(metrics_path: str | Path, output_dir: str | Path) -> list[str]:
     """Draw `think_on_rate.png` (with judge accuracy and accuracy) and `tokens.png` (per segment) over steps."""
+    return _plot(read_metrics(metrics_path), output_dir, (
+        ("think_on_rate.png", ("think_on_rate", "judge_accuracy", "accuracy"), "rate"),
+        ("tokens.png", ("tokens_judge", "tokens_think", "tokens_answer"), "tokens per rollout")))
+
+
+def _plot(rows: list[dict], output_dir: str | Path, figures) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
     steps = [r["step"] for r in rows]
     stage1_end = max((r["step"] for r in rows if r.get("stage") == 1), default=None)
     paths = []
-    for name, keys, ylabel in (("think_on_rate.png", ("think_on_rate", "judge_accuracy", "accuracy"), "rate"),
-                               ("tokens.png", ("tokens_judge", "tokens_think", "tokens_answer"), "tokens per rollout")):
+    for name, keys, ylabel in figures:
         fig, ax = plt.subplots(figsize=(7, 4))
         for key in keys:
             ax.plot(steps, [math.nan if r.get(key) is None else r[key] for r in rows], marker="o", ms=3,
@@ -105,5 +145,3 @@ def plot_rl_metrics(metrics_path: str | Path, output_dir: str | Path) -> list[st
         plt.close(fig)
         paths.append(str(path))
     return paths
-
-

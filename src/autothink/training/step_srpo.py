@@ -23,10 +23,9 @@ override points (`tests/contracts/test_trl.py` pins each, and every private TRL 
   mix with history resampling) in place of TRL's `RepeatSampler`.
 - `_save_checkpoint` / `_load_optimizer_and_scheduler`: save and restore the schedule's
   decisions (`srpo_schedule.json`) with each checkpoint, as TRL does for its entropy state.
-- `_get_per_token_logps_and_entropies`, with `--packing trie` only: every log-prob pass (old,
-  reference, policy, entropy) runs the rows as prefix tries (`algorithms.trie_row_logprobs`),
-  so each group's shared prompt is computed once, forward and backward; the values are TRL's
-  own (same positions, same temperature), packs at most TRL's micro-batch of tokens.
+- `_get_per_token_logps_and_entropies` (from `training.grpo_parts`, shared with `agent rl`), with
+  `--packing trie` only: every log-prob pass (old, reference, policy, entropy) runs the rows as
+  prefix tries, so each group's shared prompt is computed once, forward and backward.
 
 **Forced-mode exploration.** In each group of G rollouts, ρG of them (`forced_fraction`; the
 fractional part is drawn at random per group) have their mode forced, half think-on and half
@@ -54,7 +53,6 @@ Metrics: see `training.rl_metrics`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -69,11 +67,7 @@ import trl
 from accelerate.utils import gather_object
 from torch.utils.data import Sampler
 
-from autothink.algorithms.advantages import (
-    rescale_advantages,
-    sample_entropy,
-    step_srpo_advantages,
-)
+from autothink.algorithms.advantages import rescale_advantages, step_srpo_advantages
 from autothink.algorithms.masks import segment_advantages, segment_ids, segment_lengths
 from autothink.algorithms.rewards import (
     completion_text,
@@ -85,7 +79,6 @@ from autothink.algorithms.schedule import (
     forced_modes,
     is_reasoning_heavy,
 )
-from autothink.algorithms.trie import check_trie_model, trie_row_logprobs
 from autothink.format import (
     ANSWER,
     ANSWER_END,
@@ -104,6 +97,7 @@ from autothink.models import load_student
 from autothink.models.card import write_model_card
 from autothink.records.rl_prompts import read_rl_prompts
 from autothink.training.args import LoraOptions, TrainerDefaults, resume_point, save_trained
+from autothink.training.grpo_parts import GRPOParts, check_packing
 from autothink.training.rl_metrics import (
     METRICS_FILE,
     drop_rows_from,
@@ -186,8 +180,7 @@ class RLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
         if isinstance(self.judge_max_tokens, bool) or not isinstance(self.judge_max_tokens, int) or \
                 self.judge_max_tokens < 1:
             raise ValueError(f"judge_max_tokens must be an integer >= 1, got {self.judge_max_tokens!r}")
-        if self.packing not in ("none", "trie"):
-            raise ValueError(f"packing must be none or trie, got {self.packing!r}")
+        check_packing(self.packing)
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} is sequence-level; Step-SRPO's per-token advantages need "
                              f"one of {', '.join(LOSS_TYPES)}")
@@ -216,7 +209,7 @@ class SRPOSampler(Sampler[int]):
                         yield index
 
 
-class StepSRPOTrainer(trl.GRPOTrainer):
+class StepSRPOTrainer(GRPOParts, trl.GRPOTrainer):
     """TRL's GRPOTrainer with Step-SRPO rewards, per-segment advantages, forced modes and the SRPO schedule.
 
     Args:
@@ -239,8 +232,7 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         super().__init__(model=model, reward_funcs=[verifier_reward], args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
                          peft_config=peft_config)
-        if args.packing == "trie":
-            check_trie_model(self.model)
+        self._check_packing()
         self.tag_ids = {t: vocab[t] for t in SPECIAL_TOKENS}
         self.prefix_ids = {m: processing_class(forced_prefix(m), add_special_tokens=False).input_ids for m in MODES}
         self._forced: list[str | None] = []
@@ -318,32 +310,6 @@ class StepSRPOTrainer(trl.GRPOTrainer):
         logprobs = [lp if done else (lp + list(r))[:limit] for lp, r, done in zip(logprobs, rest_logprobs, finished)]
         return completions, logprobs
 
-    @contextlib.contextmanager
-    def _generation_limits(self, max_tokens: int, stop_ids: list[int] = ()):
-        """TRL's generation settings for one call: at most `max_tokens` new tokens, also stopping at `stop_ids`."""
-        if self.use_vllm:
-            vllm, saved = self.vllm_generation, (self.vllm_generation.max_completion_length,
-                                                 self.vllm_generation.generation_kwargs)
-            vllm.max_completion_length = max_tokens
-            if stop_ids:
-                vllm.generation_kwargs = {**saved[1],
-                                          "stop_token_ids": [*(saved[1].get("stop_token_ids") or []), *stop_ids]}
-            try:
-                yield
-            finally:
-                vllm.max_completion_length, vllm.generation_kwargs = saved
-            return
-        saved = self.generation_config, self.generation_kwargs, self.eos_token_ids
-        eos = [*self.eos_token_ids, *stop_ids]
-        self.generation_config = copy.deepcopy(saved[0])
-        self.generation_config.max_new_tokens, self.generation_config.eos_token_id = max_tokens, eos
-        self.generation_kwargs = {**saved[1], "max_new_tokens": max_tokens, "eos_token_id": eos}
-        self.eos_token_ids = eos
-        try:
-            yield
-        finally:
-            self.generation_config, self.generation_kwargs, self.eos_token_ids = saved
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._scored = self._score(inputs, completions, rewards_per_func[:, 0])
@@ -365,20 +331,6 @@ class StepSRPOTrainer(trl.GRPOTrainer):
     def _compute_loss(self, model, inputs):
         mask = inputs[LOSS_MASK] * inputs["tool_mask"] if "tool_mask" in inputs else inputs[LOSS_MASK]
         return super()._compute_loss(model, {**inputs, "tool_mask": mask})
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
-        if self.args.packing != "trie":
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
-                **multimodal)
-        if compute_aux_loss or any(v is not None for v in multimodal.values()):
-            raise ValueError("--packing trie runs text-only models without a router loss; set --packing none")
-        budget = (batch_size or input_ids.size(0)) * input_ids.size(1)  # TRL's micro-batch, in tokens
-        with self.accelerator.autocast():
-            logps, entropies = trie_row_logprobs(model, input_ids, attention_mask, logits_to_keep, budget,
-                                                 self.temperature, compute_entropy)
-        return logps, entropies, None
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -420,16 +372,6 @@ class StepSRPOTrainer(trl.GRPOTrainer):
             self._log_completion_extra(name, values[local])  # completion tables (log_completions)
         return SimpleNamespace(rows=rows, groups=groups, correct=passed, judge=judge, answer=answer,
                                correct_mode=correct_mode)
-
-    def _rollout_entropy(self, output: dict, loss_mask: torch.Tensor) -> torch.Tensor:
-        """Mean token entropy [B] of each local rollout under the current policy (for μ)."""
-        ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        with torch.no_grad():
-            _, entropy, _ = self._get_per_token_logps_and_entropies(
-                self.model, ids, mask, output["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size, compute_entropy=True)
-        return sample_entropy(entropy, loss_mask)
 
     def _advantages(self, output: dict, segments: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         """Per-token advantages [B, T] of the local rows: r_J on judge tokens, r_A on the rest."""
