@@ -1,8 +1,9 @@
 """The TRL members autothink touches beyond the public API, pinned to trl 1.16.0.
 
 `training/step_srpo.py` (Step-SRPO), `training/agentic_rl.py` (agent rl) and their shared
-`training/grpo_parts.py` override `GRPOTrainer` methods and call or read a few more private ones. Each entry records the signature and a hash of the source in the pinned TRL and
-what to re-check when it changes; a TRL upgrade fails here first, loudly, with the list.
+`training/grpo_parts.py` override `GRPOTrainer` methods and call or read a few more private ones.
+Each entry records the signature and a hash of the source in the pinned TRL and what to re-check
+when it changes; a TRL upgrade fails here first, loudly, with the list.
 """
 import hashlib
 import inspect
@@ -147,7 +148,8 @@ def test_vllm_generation_reads_its_limits_at_each_call():
 def test_every_override_has_an_entry():
     for cls in (StepSRPOTrainer, AgentRLTrainer, GRPOParts):
         overridden = {n for n, v in vars(cls).items() if callable(v) and hasattr(trl.GRPOTrainer, n)}
-        assert overridden - {"__init__"} <= set(GRPO_METHODS), f"{cls.__name__} overrides without an entry: {overridden}"
+        missing = overridden - {"__init__"} - set(GRPO_METHODS)
+        assert not missing, f"{cls.__name__} overrides {missing} without a contract entry"
 
 
 def test_grpo_accepts_the_coding_environment_and_parses_our_tool_calls(tokenizer, tmp_path):

@@ -243,7 +243,7 @@ X = [{"role": "user", "content": "x"}]
         ({"messages": X, "stop": ["x"] * 17}, "at most 16 stop strings"),
         ({"messages": X, "stop": "x" * 257}, "at most 16 stop strings of at most 256 characters"),
         # what the server cannot honour is said, not ignored
-        ({"messages": X, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool calling is not supported"),
+        ({"messages": X, "functions": [{"name": "f"}]}, "legacy function calling"),
         ({"messages": X, "response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": X, "logprobs": True}, "log-probabilities"),
         ({"messages": X, "presence_penalty": 0.5}, "presence penalty"),

@@ -140,8 +140,9 @@ class Backend(ABC):
     supports_constrained: bool = False
     context_length: int | None = None
 
-    def prompt_tokens(self, conversation: Conversation, thinking: str | None = None) -> int | None:
-        """Tokens of the rendered prompt of `conversation`, or None when the backend cannot tell."""
+    def prompt_tokens(self, conversation: Conversation, thinking: str | None = None,
+                      tools: list[dict] | None = None) -> int | None:
+        """Tokens of the rendered prompt of `conversation` (with `tools`), or None when the backend cannot tell."""
         return None
 
     def generate(
@@ -188,7 +189,8 @@ class Backend(ABC):
         return self._generate(conversations, params, thinking, prefixes=prefixes, **extra)
 
     def stream(
-        self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = ""
+        self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = "",
+        tools: list[dict] | None = None,
     ) -> Iterator[str | Completion]:
         """Yield the text of one completion in pieces as it is generated, then the `Completion`.
 
@@ -201,7 +203,7 @@ class Backend(ABC):
         check_params(self, params)
         if params.n != 1:
             raise ValueError(f"stream samples one completion; got n={params.n}")
-        completion = self.generate([conversation], params, thinking, prefix=prefix or None)[0][0]
+        completion = self.generate([conversation], params, thinking, prefix=prefix or None, tools=tools)[0][0]
         if completion.text:
             yield completion.text
         yield completion

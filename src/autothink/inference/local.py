@@ -140,8 +140,9 @@ class LocalBackend(Backend):
             self._grammar = FormatGrammar(self.tokenizer, self.eos_ids)
         return self._grammar
 
-    def prompt_tokens(self, conversation: Conversation, thinking: str | None = None) -> int:
-        return len(self._encode([conversation], thinking)[0])
+    def prompt_tokens(self, conversation: Conversation, thinking: str | None = None,
+                      tools: list[dict] | None = None) -> int:
+        return len(self._encode([conversation], thinking, tools=tools)[0])
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -192,7 +193,8 @@ class LocalBackend(Backend):
         return out
 
     def stream(
-        self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = ""
+        self, conversation: Conversation, params: SamplingParams, thinking: str | None = None, prefix: str = "",
+        tools: list[dict] | None = None,
     ) -> Iterator[str | Completion]:
         """Yield the completion's text as tokens are sampled (stop strings held back), then the `Completion`.
 
@@ -204,7 +206,7 @@ class LocalBackend(Backend):
         check_thinking(thinking)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a string, got {prefix!r}")
-        prompt = self._encode([list(conversation)], thinking, [prefix])[0]
+        prompt = self._encode([list(conversation)], thinking, [prefix], tools)[0]
         pieces: queue.Queue = queue.Queue()
         cancel = threading.Event()
 

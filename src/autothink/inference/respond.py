@@ -250,6 +250,7 @@ def respond(
     force_directives: bool = False,
     forced_judge: str = "model",
     cancel: Callable[[], bool] | None = None,
+    tools: list[dict] | None = None,
 ) -> list[list[Reply]]:
     """`params.n` replies per conversation, with mode control and an optional thinking budget.
 
@@ -264,6 +265,7 @@ def respond(
             template's empty-judge prefix; also what backends that cannot continue a reply get).
         cancel: once it returns True, generation stops where it is (backends that `supports_cancel`)
             and no further stage starts.
+        tools: OpenAI tool schemas shown to the model (backends that `supports_tools`).
 
     Raises:
         ValueError: a bad `thinking`, `thinking_budget` or `forced_judge`, or a budget for a backend
@@ -282,7 +284,9 @@ def respond(
         _start(i, conv, thinking, thinking_budget, force_directives, own_judge)
         for i, conv in enumerate(conversations) for _ in range(params.n)
     ]
-    stop = {"cancel": cancel} if cancel is not None else {}
+    options = {"cancel": cancel} if cancel is not None else {}
+    if tools:
+        options["tools"] = tools
     while (pending := [r for r in rows if not r.done]) and not (cancel and cancel()):
         groups: dict[tuple, list[_Row]] = defaultdict(list)
         for row in pending:
@@ -295,13 +299,13 @@ def respond(
             if convs:
                 outs = backend.generate([conversations[i] for i in convs],
                                         dataclasses.replace(stage_params, n=params.n), thinking=render,
-                                        prefix=[first[i].generated for i in convs], **stop)
+                                        prefix=[first[i].generated for i in convs], **options)
                 by_conv = {i: iter(out) for i, out in zip(convs, outs)}
                 for row in fresh:
                     _advance(row, next(by_conv[row.conv]), params)
             if going:
                 outs = backend.generate([conversations[r.conv] for r in going], stage_params, thinking=render,
-                                        prefix=[r.generated for r in going], **stop)
+                                        prefix=[r.generated for r in going], **options)
                 for row, out in zip(going, outs):
                     _advance(row, out[0], params)
     n = params.n
@@ -316,6 +320,7 @@ def respond_stream(
     thinking_budget: int | None = None,
     force_directives: bool = False,
     forced_judge: str = "model",
+    tools: list[dict] | None = None,
 ) -> Iterator[str | Reply]:
     """One reply as it is generated: text pieces (concatenating to `Reply.text`), then the `Reply`.
 
@@ -335,7 +340,7 @@ def respond_stream(
     while not row.done:
         completion = None
         for item in backend.stream(conversation, _stage_params(params, row, thinking_budget), thinking=row.render,
-                                   prefix=row.generated):
+                                   prefix=row.generated, **({"tools": tools} if tools else {})):
             if isinstance(item, Completion):
                 completion = item
             elif item:

@@ -3,7 +3,8 @@
     POST /v1/chat/completions   messages, n, temperature, top_p, max_tokens (or
                                 max_completion_tokens), stop, seed, stream (+ stream_options.
                                 include_usage), thinking and thinking_budget (top level or in
-                                chat_template_kwargs), continue_final_message (vLLM's)
+                                chat_template_kwargs), continue_final_message (vLLM's), tools
+                                and tool_choice ("auto" or "none")
     GET  /v1/models
     GET  /health                200 {"status": "ok"}, 503 {"status": "draining"} while shutting down
 
@@ -20,6 +21,16 @@ prompt directive),
 and `stop_reason`; `usage.completion_tokens_details.reasoning_tokens` counts judge and think
 tokens. With `continue_final_message=true` the final assistant message is continued as is (raw
 generation, as vLLM does; `content` is the new text).
+
+Tools: the request's `tools` are rendered by the model's chat template (the Hermes `<tool_call>`
+format `agent sft` trains; `autothink serve` gives a ChatML model without tool support that
+template); the `<tool_call>` blocks of the answer come back as `message.tool_calls` (arguments as
+JSON text) with `finish_reason: "tool_calls"`, a block that does not parse stays in `content`;
+in a stream, text before the first block streams as usual and the calls arrive as one
+`delta.tool_calls` chunk at the end. Assistant `tool_calls` and `tool` messages in the request
+are rendered as the template renders them, so an agent framework drives the model turn by turn.
+`tool_choice: "none"` shows no tools; "required" and a named function are a 400 (nothing forces
+a call).
 
 Requests wait in one bounded queue (`max_queue`; beyond it: 429 with Retry-After) and run on one
 worker thread; queued requests with the same parameters and no seed run as one batch (at most
@@ -59,6 +70,7 @@ from autothink.serve.protocol import (
     DEFAULT_MAX_TOKENS,
     APIError,
     ChatCompletionRequest,
+    ToolCallStream,
     as_api_error,
     completion_fields,
     completion_response,
@@ -75,6 +87,7 @@ from autothink.serve.scheduler import (
     Job,
     Scheduler,
 )
+from autothink.tasks.tool_calls import ensure_tool_template
 
 
 async def stream_events(job: Job, model: str, requested: str | None, include_usage: bool) -> AsyncIterator[str]:
@@ -86,7 +99,10 @@ async def stream_events(job: Job, model: str, requested: str | None, include_usa
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason, **extra}
         return sse({**base, "choices": [choice]})
 
+    calls = ToolCallStream() if job.tools else None
+
     def deltas(reasoning: str, content: str) -> Iterator[str]:
+        content = calls.feed(content) if calls else content
         if reasoning or content:
             fields = (("reasoning", reasoning), ("reasoning_content", reasoning), ("content", content))
             yield chunk({k: v for k, v in fields if v})
@@ -107,11 +123,19 @@ async def stream_events(job: Job, model: str, requested: str | None, include_usa
             if splitter:
                 for line in deltas(*splitter.finish()):
                     yield line
+            finish_reason = item.finish_reason
+            if calls:
+                text, tool_calls = calls.finish()
+                if text:
+                    yield chunk({"content": text})
+                if tool_calls:
+                    yield chunk({"tool_calls": [{"index": k, **c} for k, c in enumerate(tool_calls)]})
+                    finish_reason = "tool_calls"
             if isinstance(item, Reply):
                 extra, reasoning = reply_fields(item, requested), item.reasoning_tokens
             else:
                 extra, reasoning = completion_fields(item, job.prefix), None
-            yield chunk({}, item.finish_reason, **extra)
+            yield chunk({}, finish_reason, **extra)
             if include_usage:
                 usage = usage_body(item.prompt_tokens, extra["completion_tokens"], reasoning)
                 yield sse({**base, "choices": [], "usage": usage})
@@ -162,8 +186,11 @@ def _job_for(body: ChatCompletionRequest, default_max_tokens: int, backend: Back
         params = dataclasses.replace(body.sampling_params(default_max_tokens), constrained=constrained)
         thinking = body.thinking_mode()
         budget = body.thinking_budget_tokens()
+        tools = body.tool_schemas()
     except ValueError as err:
-        raise APIError(400, str(err)) from None
+        raise APIError(400, str(err), param="tool_choice" if "tool_choice" in str(err) else None) from None
+    if tools and not backend.supports_tools:
+        raise APIError(400, f"this server's backend ({backend.name}) cannot show tools to its model", param="tools")
     if body.stream and params.n > 1:
         raise APIError(400, "stream=true supports n=1 only", param="n")
     conversation, prefix = body.conversation(), None
@@ -176,20 +203,27 @@ def _job_for(body: ChatCompletionRequest, default_max_tokens: int, backend: Back
         if thinking not in (None, "auto") or budget is not None:
             raise APIError(400, "a continued message fixes the mode itself: thinking and thinking_budget do not "
                            "apply", param="thinking")
+        if tools or conversation[-1].get("tool_calls"):
+            raise APIError(400, "continue_final_message=true continues text: no tools, no final tool calls",
+                           param="tools")
         conversation, prefix = conversation[:-1], conversation[-1]["content"]
-    params = _within_context(backend, conversation, thinking or "auto", prefix, params, body.asked_max_tokens())
+    params = _within_context(backend, conversation, thinking or "auto", prefix, params, body.asked_max_tokens(),
+                             tools)
     return Job(conversation, params, thinking or "auto", budget, prefix, bool(body.stream),
-               asyncio.get_running_loop())
+               asyncio.get_running_loop(), tools=tools)
 
 
 def _within_context(backend: Backend, conversation: list[dict], thinking: str, prefix: str | None,
-                    params: SamplingParams, asked: bool) -> SamplingParams:
+                    params: SamplingParams, asked: bool, tools: list[dict] | None = None) -> SamplingParams:
     """`params` with max_tokens fitting the model's context after the prompt (a default is lowered
     to fit; an explicit request that cannot fit is a 400, as OpenAI's API answers)."""
     context = backend.context_length
     if context is None:
         return params
-    prompt = backend.prompt_tokens(conversation, None if prefix is not None else thinking)
+    try:
+        prompt = backend.prompt_tokens(conversation, None if prefix is not None else thinking, tools)
+    except ValueError as err:  # the chat template cannot render these messages or tools
+        raise APIError(400, str(err), param="messages") from None
     if prompt is None:
         return params
     prompt += len(prefix) if prefix else 0  # characters bound tokens from above
@@ -306,7 +340,7 @@ def create_app(backend: Backend, model_name: str | None = None, default_max_toke
             raise as_api_error(err) from None
         finally:
             watch.cancel()
-        return completion_response(name, results, requested, job.prefix)
+        return completion_response(name, results, requested, job.prefix, tools=bool(job.tools))
 
     return app
 
@@ -388,6 +422,10 @@ def run_serve(config: ServeConfig) -> None:
     """Load `config.model` and serve it until interrupted."""
     backend = make_backend(config.model, device=config.device, dtype=config.dtype)
     install_chat_template(backend.tokenizer)
+    try:
+        ensure_tool_template(backend.tokenizer)  # a ChatML model without tool support gets the Hermes format
+    except ValueError as err:
+        print(f"serve: requests with tools will fail: {err}")
     serve(backend, host=config.host, port=config.port, grace_s=config.grace_seconds, max_queue=config.max_queue,
           max_batch=config.max_batch, default_max_tokens=config.max_tokens,
           controls=config,  # a ServeConfig is ControlOptions

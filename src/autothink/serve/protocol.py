@@ -9,11 +9,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autothink.format import forced_prefix, parse
 from autothink.inference.backend import BackendError, Completion, SamplingParams
 from autothink.inference.respond import Reply, split_reasoning
+from autothink.tasks.tool_calls import TOOL_CALL, split_tool_calls
 
 DEFAULT_MAX_TOKENS = 512
 MAX_N = 128
@@ -23,12 +24,14 @@ MAX_STOP_CHARS = 256
 TEMPLATE_KWARGS = ("thinking", "thinking_budget", "enable_thinking", "thinking_token_budget")
 # Request fields of OpenAI's API this server cannot honour: a clear 400, never a silent 200 that ignores them.
 UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
-    "function_call": "function calling", "response_format": "structured output (response_format)",
+    "functions": "legacy function calling (use tools)", "function_call": "legacy function calling (use tool_choice)",
+    "response_format": "structured output (response_format)",
     "logprobs": "log-probabilities", "top_logprobs": "log-probabilities", "logit_bias": "logit_bias",
     "audio": "audio output", "prediction": "predicted outputs", "web_search_options": "web search",
 }
 StrictInt = Annotated[int, Field(strict=True)]
+MAX_TOOLS = 128  # tools per request
+MAX_TOOLS_CHARS = 64 * 1024  # their schemas as JSON
 
 
 def _thinking(value) -> str | None:
@@ -51,13 +54,59 @@ class TextPart(BaseModel):
     text: str
 
 
+class CalledFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    """A request message: OpenAI's roles, an assistant's `tool_calls`, a tool result's `tool_call_id`."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (only an assistant's tool calls may stand alone)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def as_dict(self) -> dict:
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        content = self.content if isinstance(self.content, str) or self.content is None else "".join(
+            p.text for p in self.content)
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.role == "tool":
+            message["tool_call_id"] = self.tool_call_id
+            if self.name:
+                message["name"] = self.name
+        return message
+
+
+class FunctionSchema(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSchema(BaseModel):
+    type: Literal["function"]
+    function: FunctionSchema
 
 
 class StreamOptions(BaseModel):
@@ -92,6 +141,18 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     continue_final_message: bool = Field(False, strict=True)
     add_generation_prompt: bool = Field(True, strict=True)
+    tools: list[ToolSchema] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = Field(None, strict=True)
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, value):
+        if value and len(json.dumps([t.model_dump(exclude_none=True) for t in value])) > MAX_TOOLS_CHARS:
+            raise ValueError(f"the tool schemas are longer than {MAX_TOOLS_CHARS} characters of JSON")
+        if value and len({t.function.name for t in value}) < len(value):
+            raise ValueError("tool names must be unique")
+        return value
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -137,6 +198,17 @@ class ChatCompletionRequest(BaseModel):
 
     def conversation(self) -> list[dict]:
         return [m.as_dict() for m in self.messages]
+
+    def tool_schemas(self) -> list[dict] | None:
+        """The tools shown to the model: none without tools or with `tool_choice: none` (the model cannot call
+        what it is not shown). Raises ValueError for a choice the server cannot force."""
+        choice = self.tool_choice
+        if choice not in (None, "auto", "none"):
+            raise ValueError(f"tool_choice={json.dumps(choice)} is not supported: the model decides whether to call "
+                             "a tool ('auto') or is shown none ('none')")
+        if not self.tools or choice == "none":
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
 
     def _merged(self, names: tuple[str, ...], normalize) -> object:
         """The one value the request gives under any of `names` (top level or chat_template_kwargs)."""
@@ -238,10 +310,12 @@ def completion_fields(c: Completion, prefix: str) -> dict:
 
 
 def completion_response(model: str, results: list[Reply] | list[Completion], requested: str | None = None,
-                        prefix: str | None = None) -> dict:
-    """A `chat.completion` object for the replies of one request (completions for a continuation)."""
+                        prefix: str | None = None, tools: bool = False) -> dict:
+    """A `chat.completion` object for the replies of one request (completions for a continuation); with
+    `tools`, the `<tool_call>` blocks of the answer become `message.tool_calls` (finish_reason "tool_calls")."""
     choices, reasoning_total = [], 0
     for i, r in enumerate(results):
+        finish_reason = r.finish_reason
         if isinstance(r, Reply):
             reasoning, content = split_reasoning(r.text)
             message = {"role": "assistant", "content": content, "reasoning": reasoning or None,
@@ -251,7 +325,12 @@ def completion_response(model: str, results: list[Reply] | list[Completion], req
         else:
             message = {"role": "assistant", "content": r.text}
             extra = completion_fields(r, prefix or "")
-        choices.append({"index": i, "message": message, "finish_reason": r.finish_reason, "logprobs": None, **extra})
+        if tools:
+            text, calls = split_tool_calls(message["content"])
+            if calls:
+                message.update(content=text or None, tool_calls=calls)
+                finish_reason = "tool_calls"
+        choices.append({"index": i, "message": message, "finish_reason": finish_reason, "logprobs": None, **extra})
     prompt_tokens = max((r.prompt_tokens for r in results), default=0)
     completion_tokens = sum(c["completion_tokens"] for c in choices)
     return {
@@ -266,3 +345,38 @@ def completion_response(model: str, results: list[Reply] | list[Completion], req
 
 def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+class ToolCallStream:
+    r"""A stream's content with its `<tool_call>` blocks held back: text before the first block passes at once
+    (a piece that may start the tag waits for the next), the rest is split into calls at the end.
+
+    >>> s = ToolCallStream()
+    >>> s.feed("Running it.\n<tool"), s.feed('_call>\n{"name": "f", "arguments": {}}\n</tool_call>')
+    ('Running it.\n', '')
+    >>> s.finish()[1][0]["function"]["name"]
+    'f'
+    """
+
+    def __init__(self):
+        self.buffer, self.holding = "", False
+
+    def feed(self, text: str) -> str:
+        self.buffer += text
+        if self.holding:
+            return ""
+        at = self.buffer.find(TOOL_CALL)
+        if at >= 0:
+            out, self.buffer, self.holding = self.buffer[:at], self.buffer[at:], True
+            return out
+        keep = next((k for k in range(min(len(TOOL_CALL) - 1, len(self.buffer)), 0, -1)
+                     if TOOL_CALL.startswith(self.buffer[-k:])), 0)
+        out, self.buffer = self.buffer[:len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
+        return out
+
+    def finish(self) -> tuple[str, list[dict]]:
+        """(content still held, tool calls)."""
+        if not self.holding:
+            return self.buffer, []
+        text, calls = split_tool_calls(self.buffer)
+        return text, calls

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import threading
 import time
@@ -36,13 +37,14 @@ class Job:
     future: asyncio.Future | None = None
     events: asyncio.Queue | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tools: list[dict] | None = None  # OpenAI tool schemas shown to the model
 
     def batch_key(self) -> tuple | None:
         """Jobs with equal keys run as one batch; None: alone (streams, continuations, seeded
         sampling, whose results must not depend on other requests)."""
         if self.stream or self.prefix is not None or self.params.seed is not None:
             return None
-        return (self.params, self.thinking, self.budget)
+        return (self.params, self.thinking, self.budget, json.dumps(self.tools, sort_keys=True))
 
     def _soon(self, fn) -> None:
         """Run `fn` on the request's event loop (from the worker thread)."""
@@ -178,7 +180,8 @@ class Scheduler:
                                                     cancel=cancelled)[0])
             else:
                 replies = respond(self.backend, [j.conversation for j in batch], first.params, first.thinking,
-                                  first.budget, self.force_directives, self.forced_judge, cancel=cancelled)
+                                  first.budget, self.force_directives, self.forced_judge, cancel=cancelled,
+                                  tools=first.tools)
                 for job, group in zip(batch, replies):
                     job.fail(gone) if job.cancelled.is_set() else job.resolve(group)
         except Exception as err:  # noqa: BLE001 - each client gets the reason, the worker keeps running
@@ -190,7 +193,7 @@ class Scheduler:
             items = self.backend.stream(job.conversation, job.params, prefix=job.prefix)
         else:
             items = respond_stream(self.backend, job.conversation, job.params, job.thinking, job.budget,
-                                   self.force_directives, self.forced_judge)
+                                   self.force_directives, self.forced_judge, tools=job.tools)
         with contextlib.closing(items):
             for item in items:
                 if job.cancelled.is_set():  # the client left (nobody reads this), or the server shuts down

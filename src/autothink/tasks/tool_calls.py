@@ -138,6 +138,16 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict], dict[int, str]]:
     return "".join(pieces).strip(), calls, errors
 
 
+def split_tool_calls(text: str) -> tuple[str, list[dict]]:
+    """A reply as an OpenAI assistant message has it: (content, tool_calls). Blocks that do not parse stay in
+    the content as the model wrote them, so a client sees them rather than a call it cannot run."""
+    content, calls, problems = parse_tool_calls(text)
+    kept = [c for i, c in enumerate(calls) if i not in problems]
+    broken = [f"{TOOL_CALL}\n{json.loads(calls[i]['function']['arguments'])['text']}\n{TOOL_CALL_END}"
+              for i in sorted(problems)]
+    return "\n".join(p for p in [content, *broken] if p), kept
+
+
 def chat_message(message: dict) -> dict:
     """A message as chat templates take it: tool-call arguments as objects, no status fields."""
     out = {"role": message["role"], "content": message.get("content") or ""}
