@@ -86,6 +86,17 @@ def test_shipped_recipes_load(name):
     assert jobs[0] == "tag" and jobs[-1] == "eval" and {"coldstart", "sft", "rl"} <= set(jobs)
 
 
+@pytest.mark.parametrize("name", ["agentic_cpu.yaml", "agentic_gpu.yaml"])
+def test_agentic_recipes_load_and_chain_sft_rl_eval(name):
+    out, stages = load_recipe(RECIPES / name)
+    by_name = {s.name: s for s in stages}
+    assert [s.job for s in stages if s.job in ("agent_sft", "agent_rl")] == ["agent_sft", "agent_rl"]
+    sft, rl, final = by_name["agent_sft"], by_name["agent_rl"], by_name["agent_eval"]
+    assert rl.config.model == sft.config.output_dir and final.config.backend == rl.config.output_dir
+    assert rl.config.lam > 0 and rl.config.mu > 0  # difficulty/entropy-aware advantages on by default
+    assert final.config.skip >= rl.config.skip + rl.config.n  # evaluated on tasks RL never saw
+
+
 def test_accelerate_configs_are_valid():
     from accelerate.commands.config.config_args import ClusterConfig
 

@@ -9,6 +9,7 @@ is tested alone and could move to another engine. One module per concern:
 - `masks`: per-token segments and loss masks of AutoThink completions; per-segment advantages.
 - `schedule`: the SRPO prompt schedule (two stages, history resampling) and forced modes.
 - `trie`: trie-packed training, shared prefixes computed once with exact gradients.
+- `references`: multi-ground-truth RFT, a rollout's tool calls against reference trajectories.
 """
 from autothink.algorithms.advantages import group_normalize as group_normalize
 from autothink.algorithms.advantages import rescale_advantages as rescale_advantages
@@ -20,6 +21,8 @@ from autothink.algorithms.masks import SEG_RESPONSE as SEG_RESPONSE
 from autothink.algorithms.masks import segment_advantages as segment_advantages
 from autothink.algorithms.masks import segment_ids as segment_ids
 from autothink.algorithms.masks import segment_lengths as segment_lengths
+from autothink.algorithms.references import closest_reference as closest_reference
+from autothink.algorithms.references import drifted as drifted
 from autothink.algorithms.rewards import step_srpo_rewards as step_srpo_rewards
 from autothink.algorithms.rewards import verifier_reward as verifier_reward
 from autothink.algorithms.rewards import vote_mode as vote_mode
