@@ -78,8 +78,9 @@ def test_a_hostile_model_gets_every_bad_call_answered_and_the_episode_bounded(ta
     assert errors[2].startswith("bad arguments for write_file") and errors[3].startswith("bad arguments for run_tests")
     assert errors[4].startswith("could not parse the tool call: not JSON")
     assert all(r["is_error"] for r in results[:5]) and "timed out" in results[5]["content"]
+    tokens = sum(len(r.split()) for r in replies)  # the scripted backend's tokens are words
     assert trajectory.outcome == {"reward": 0.0, "passed": False, "turns": 6, "tool_calls": 6, "tool_errors": 6,
-                                  "end": "max_turns"}
+                                  "tokens": tokens, "modes": [None] * 6, "end": "max_turns"}
     assert backend.seen_tools[0] == tool_schemas(env)  # the model was shown the tools every turn
 
 

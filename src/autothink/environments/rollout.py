@@ -20,7 +20,9 @@ import inspect
 import json
 
 from autothink.environments.coding import ToolError, coding_task_prompt
+from autothink.format import parse
 from autothink.inference.backend import Backend, SamplingParams
+from autothink.inference.respond import respond
 from autothink.tasks import Task
 from autothink.tasks.tool_calls import INVALID_CALL, parse_tool_calls
 from autothink.tasks.trajectory import Trajectory, failure
@@ -86,12 +88,16 @@ def first_messages(task: Task) -> list[dict]:
 
 
 def run_episode(backend: Backend, env, task: Task, params: SamplingParams, max_turns: int = 8,
-                thinking: str | None = None) -> Trajectory:
+                thinking: str | None = None, forced_judge: str = "model") -> Trajectory:
     """Play one task to its end: the model answers without a tool call (on a multi-turn task, the last
     user turn), or `max_turns` replies are spent.
 
+    With `thinking` ("auto", "on", "off") every reply goes through `inference.respond` (a forced mode
+    follows the model's own judge, `forced_judge`); None samples the backend as it is.
+
     Returns the trajectory, with `outcome`: `reward` (the environment's `get_reward`), `passed`
-    (reward 1), `turns`, `tool_calls`, `tool_errors` and `end` ("answered", "max_turns" or
+    (reward 1), `turns`, `tool_calls`, `tool_errors`, `tokens` (generated, all turns), `modes` (the
+    AutoThink mode of each reply: "on", "off" or None) and `end` ("answered", "max_turns" or
     "truncated": a reply cut by `max_tokens` with no tool call in it).
     """
     if params.n != 1:
@@ -100,10 +106,15 @@ def run_episode(backend: Backend, env, task: Task, params: SamplingParams, max_t
     schemas = getattr(env, "_tool_schemas", None) or (lambda: tool_schemas(env))
     next_question = getattr(env, "_next_question", None) or (lambda: None)
     messages = first_messages(task)
-    end, calls_made, errors = "max_turns", 0, 0
+    end, calls_made, errors, tokens, modes = "max_turns", 0, 0, 0, []
     for _ in range(max_turns):
         tools = schemas()
-        completion = backend.generate([messages], params, thinking=thinking, tools=tools)[0][0]
+        if thinking is None:
+            completion = backend.generate([messages], params, tools=tools)[0][0]
+        else:
+            completion = respond(backend, [messages], params, thinking, forced_judge=forced_judge, tools=tools)[0][0]
+        tokens += completion.completion_tokens if thinking is not None else completion.tokens
+        modes.append(parse(completion.text).mode)
         content, calls, problems = parse_tool_calls(completion.text)
         assistant = {"role": "assistant", "content": content if content or not calls else None}
         if calls:
@@ -126,5 +137,5 @@ def run_episode(backend: Backend, env, task: Task, params: SamplingParams, max_t
             messages.append(result)
     reward = float(env.get_reward())
     outcome = {"reward": reward, "passed": reward == 1.0, "turns": sum(m["role"] == "assistant" for m in messages),
-               "tool_calls": calls_made, "tool_errors": errors, "end": end}
+               "tool_calls": calls_made, "tool_errors": errors, "tokens": tokens, "modes": modes, "end": end}
     return Trajectory(id=task.id, messages=messages, tools=tools, outcome=outcome, source=backend.name)

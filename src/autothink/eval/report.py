@@ -28,6 +28,8 @@ COLUMNS = (
     ("overthinking", "overthinking", "{:.3f}"),
     ("directive_obedience", "obedience", "{:.3f}"),
     ("near_miss_agreement", "near-miss agr.", "{:.3f}"),
+    ("tool_error_rate", "tool errors", "{:.3f}"),
+    ("turns", "turns", "{:.2f}"),
 )
 
 
@@ -140,7 +142,39 @@ def write_plots(metrics: dict, output_dir: str | Path, max_tokens: int | None = 
     scatter = out / "accuracy_tokens.png"
     fig.savefig(scatter, dpi=100)
     plt.close(fig)
-    return [bars, scatter]
+    agentic = [s for s in metrics["suites"] if "think_on_rate_by_turn" in next(iter(by[s].values()))]
+    return [bars, scatter] + ([_agent_plot(by, agentic, modes, out / "agent_turns.png")] if agentic else [])
+
+
+def _agent_plot(by: dict, suites: list[str], modes: list[str], path: Path) -> Path:
+    """`agent_turns.png`: the think-on rate at each turn of the model's own choice (auto), and the pass
+    and tool-error rates per agentic suite and mode."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for suite in suites:
+        if "auto" in by[suite]:
+            rates = by[suite]["auto"]["think_on_rate_by_turn"]
+            axes[0].plot(range(1, len(rates) + 1), rates, marker="o", label=suite)
+    axes[0].set_xlabel("turn")
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[0].set_title("think-on rate per turn (the model's choice)")
+    if axes[0].lines:
+        axes[0].legend(fontsize=8)
+    step = 0.8 / max(len(modes), 1)
+    labels = [f"{suite}\n{key}" for suite in suites for key in ("pass", "tool errors")]
+    for j, mode in enumerate(modes):
+        values = [by[suite][mode].get(key) or 0.0 for suite in suites for key in ("accuracy", "tool_error_rate")]
+        xs = [i + (j - (len(modes) - 1) / 2) * step for i in range(len(values))]
+        axes[1].bar(xs, values, step, label=mode, color=MODE_COLORS[mode])
+    axes[1].set_xticks(range(len(labels)), labels, fontsize=8)
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_title("pass rate and tool-error rate")
+    axes[1].legend(title="mode", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"

@@ -4,7 +4,11 @@
     autothink eval --model http://localhost:8000/v1#autothink --config eval.yaml
 
 Every task of every suite is sampled under each mode (`inference.respond`: a forced mode follows
-the model's own judge), parsed, verified and its tokens counted per segment. Tasks that carry a
+the model's own judge), parsed, verified and its tokens counted per segment. Agentic suites
+(`agent:humaneval`, `agent:bfcl:base`, `agent:tasks.jsonl`; `--skip` holds out a split) play
+each task as a tool-use episode in its environment (`environments.rollout.run_episode`, every
+reply through `respond`): pass@1 with tools (the tests, BFCL's state check), tool-error rate,
+turns, tokens, and the think-on rate per turn. Tasks that carry a
 directive (the `directives` suite) are scored for obedience: the reply's mode == the directive.
 Outputs in `output_dir`: `samples.jsonl` (one line per sample), `settings.json`,
 `metrics.json`, `think_tokens.png`, `accuracy_tokens.png` and `report.html`. Samples are
@@ -24,6 +28,7 @@ from tqdm import tqdm
 
 from autothink.config import check_integers
 from autothink.data.runner import record_seed
+from autothink.environments.rollout import run_episode
 from autothink.format import (
     THINKING,
     install_chat_template,
@@ -41,7 +46,8 @@ from autothink.verify import verify_many
 SEGMENTS = ("judge", "think", "answer")
 # Settings that change what a sample is: a rerun may reuse samples only when these match.
 SAMPLE_SETTINGS = ("model", "tokenizer", "primer", "max_tokens", "temperature", "top_p", "samples", "seed",
-                   "force_directives", "forced_judge", "constrained")
+                   "force_directives", "forced_judge", "constrained", "skip", "max_turns")
+AGENT = "agent:"  # the prefix of an agentic suite
 
 # A one-shot primer, so that a model not yet trained on the format can still follow it.
 PRIMER = [
@@ -88,12 +94,15 @@ class EvalConfig(ControlOptions):
     batch_size: int = field(default=16, metadata={"help": "tasks per generate call"})
     verify_workers: int = field(default=0, metadata={"help": "processes that verify answers (0: this process)"})
     seed: int = field(default=0, metadata={"help": "seed of generated suites and of sampling"})
+    skip: int = field(default=0, metadata={"help": "agentic suites: tasks to skip first (held-out splits)"})
+    max_turns: int = field(default=6, metadata={"help": "agentic suites: most replies an episode may take"})
     output_dir: str = field(default="runs/eval", metadata={"help": "samples, metrics, plots and report.html"})
 
     def __post_init__(self):
         # YAML 1.1 reads unquoted `on` / `off` as booleans.
         self.modes = [{True: "on", False: "off"}[m] if isinstance(m, bool) else m for m in self.modes]
-        check_integers(self, max_tokens=1, samples=1, think_budget=1, batch_size=1, verify_workers=0, n=1)
+        check_integers(self, max_tokens=1, samples=1, think_budget=1, batch_size=1, verify_workers=0, n=1, skip=0,
+                       max_turns=1)
         if not self.temperature >= 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"EvalConfig: need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, "
                              f"{self.top_p}")
@@ -104,6 +113,8 @@ class EvalConfig(ControlOptions):
                              f"got {self.modes}")
         if not self.suites:
             raise ValueError("EvalConfig.suites is empty")
+        if self.samples > 1 and any(str(s).startswith(AGENT) for s in self.suites):
+            raise ValueError("EvalConfig.samples > 1: agentic suites play one episode per task and mode")
         labels = [suite_label(s) for s in self.suites]
         twice = {label for label in labels if labels.count(label) > 1}
         if twice:
@@ -112,6 +123,8 @@ class EvalConfig(ControlOptions):
 
 def suite_label(spec: str) -> str:
     """The name a suite goes by in samples, metrics and plots: the spec, or a file's stem."""
+    if spec.startswith(AGENT):
+        return spec
     name, tier = parse_suite(spec)
     return spec if name in SUITES else Path(name).stem + ("" if tier is None else f":{tier}")
 
@@ -122,8 +135,13 @@ def load_suites(config: EvalConfig) -> dict[str, list[Task]]:
     Raises:
         ValueError: a suite yields no tasks, or has tasks that cannot be graded by rule.
     """
+    from autothink.data.collect import load_agent_tasks
+
     suites = {}
     for spec in config.suites:
+        if spec.startswith(AGENT):
+            suites[spec] = load_agent_tasks(spec.removeprefix(AGENT), config.skip, config.n)
+            continue
         name, tier = parse_suite(spec)
         tasks = load_suite(name, n=config.n, difficulty=tier, seed=config.seed)
         if not tasks:
@@ -213,6 +231,66 @@ def score_samples(
     return records
 
 
+def play_episodes(label: str, mode: str, tasks: list[Task], backend: Backend, params: SamplingParams,
+                  config: EvalConfig, tokenizer):
+    """Agentic suites: one episode per task (`batch_size` at a time, a local model batches their turns),
+    yielded as sample records as they finish, with the episode under `agent`."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from autothink.data.collect import environment_for
+
+    def play(task):
+        seeded = replace(params, n=1, seed=record_seed(config.seed, label, mode, task.id))
+        return run_episode(backend, environment_for(task), task, seeded, config.max_turns, thinking=mode,
+                           forced_judge=config.forced_judge)
+
+    with ThreadPoolExecutor(config.batch_size) as pool:
+        futures = {pool.submit(play, task): task for task in tasks}
+        for future in as_completed(futures):
+            task, trajectory = futures[future], future.result()
+            outcome = trajectory.outcome
+            replies = [m for m in trajectory.messages if m["role"] == "assistant"]
+            parsed = [parse(m.get("content") or "") for m in replies]
+            counts = {part: sum(_count_tokens(tokenizer, [getattr(p, part) or "" for p in parsed]))
+                      for part in SEGMENTS}
+            response = "\n\n".join(_reply_text(m) for m in replies)
+            first = parsed[0]
+            yield {
+                "id": sample_id(label, mode, task.id, 0), "suite": label, "task_id": task.id, "tier": task.difficulty,
+                "mode": mode, "sample": 0, "response": response,
+                "finish_reason": "length" if outcome["end"] == "truncated" else "stop",
+                "directive": None, "variant": None, "base": None,
+                "parsed": {"judge": first.judge, "mode": outcome["modes"][0], "think": first.think,
+                           "answer": first.answer, "well_formed": all(p.well_formed for p in parsed),
+                           "errors": [e for p in parsed for e in p.errors]},
+                "tokens": {**counts, "total": outcome["tokens"]},
+                "passed": outcome["passed"], "score": outcome["reward"], "detail": outcome["end"],
+                "agent": {k: outcome[k] for k in ("turns", "tool_calls", "tool_errors", "modes", "end")},
+            }
+
+
+def _reply_text(message: dict) -> str:
+    """An episode's assistant message as the model wrote it: its text and its `<tool_call>` blocks."""
+    from autothink.tasks.tool_calls import tool_call_text
+
+    calls = [tool_call_text(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+    return "\n".join([message.get("content") or "", *calls]).strip()
+
+
+def agent_metrics(samples: list[dict]) -> dict:
+    """What an agentic suite adds: tool-error rate (failed calls / calls), turns, tool calls per episode, and
+    the think-on rate at each turn (replies in mode on / replies at that turn)."""
+    episodes = [s["agent"] for s in samples if "agent" in s]
+    if not episodes:
+        return {}
+    calls = sum(e["tool_calls"] for e in episodes)
+    longest = max(len(e["modes"]) for e in episodes)
+    by_turn = [[e["modes"][k] for e in episodes if len(e["modes"]) > k] for k in range(longest)]
+    return {"tool_error_rate": sum(e["tool_errors"] for e in episodes) / calls if calls else None,
+            "turns": _mean([e["turns"] for e in episodes]), "tool_calls": _mean([e["tool_calls"] for e in episodes]),
+            "think_on_rate_by_turn": [_mean([m == "on" for m in modes]) for modes in by_turn]}
+
+
 # --- metrics: plain functions of sample records --------------------------------------------
 
 def _mean(values: list[float]) -> float:
@@ -272,6 +350,7 @@ def group_metrics(samples: list[dict], think_budget: int) -> dict:
         "overthinking": overthinking_score(samples, think_budget),
         "directive_obedience": _mean(asked) if asked else None,  # mode == the directive asked for
         "near_miss_agreement": near_miss_agreement(samples),
+        **agent_metrics(samples),
     }
 
 
@@ -340,6 +419,13 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> dict:
                 bar.set_postfix_str(f"{label} {mode}")
                 todo = [t for t in tasks
                         if any(sample_id(label, mode, t.id, k) not in done for k in range(config.samples))]
+                if label.startswith(AGENT):
+                    for record in play_episodes(label, mode, todo, backend, params, config, tokenizer):
+                        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        sink.flush()
+                        done[record["id"]] = record
+                        bar.update(1)
+                    continue
                 for start in range(0, len(todo), config.batch_size):
                     chunk = todo[start : start + config.batch_size]
                     seeded = replace(params, seed=record_seed(config.seed, label, mode, chunk[0].id))
