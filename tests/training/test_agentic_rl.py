@@ -314,3 +314,38 @@ def test_a_killed_run_resumes_from_its_checkpoint(finished, policy_dir, tmp_path
     resumed = AutoModelForCausalLM.from_pretrained(out).state_dict()
     for name, tensor in AutoModelForCausalLM.from_pretrained(finished).state_dict().items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_bfcl_task_rewards_its_ground_truth_calls(agent_policy, tmp_path, monkeypatch):
+    """BFCL through the same loop: its simulators as the environment (one class per API combination), the
+    first turn's ground-truth calls as the reference; playing them scores 1 with no penalty, a wrong one less."""
+    from autothink.environments.bfcl import ground_truth_calls, load_bfcl_tasks
+
+    task = load_bfcl_tasks("base", n=1)[0]
+    trainer = _trainer(agent_policy, tmp_path, [task], num_generations=2, per_device_train_batch_size=2, tau=1.0)
+    trainer.model.config.max_position_embeddings = 8192  # BFCL's schemas alone fill the tiny model's 2048
+    tok = trainer.processing_class
+    truth = ground_truth_calls(task, 0)
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        out = []
+        for k, ids in enumerate(prompt_ids):
+            done = tok.decode(ids).count("<tool_response>")
+            if k == 1 and done == 0:  # rollout 1 answers at once, without a call
+                reply = "Done."
+            else:
+                reply = tool_call_text(*truth[done]) if done < len(truth) else "Done."
+            out.append(tok(reply, add_special_tokens=False).input_ids + [tok.eos_token_id])
+        return out, None
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted)
+    trainer.model.train()
+    rows = list(trainer.train_dataset)
+    assert rows[0]["environment"].startswith("BFCL_") and json.loads(rows[0]["references"])[0]["calls"] == [
+        list(c) for c in truth]
+    trainer._generate_and_score_completions([dict(rows[0]) for _ in range(2)])
+    env_column = next(k for k in trainer._logs["rewards"] if k.startswith("BFCL_"))
+    assert list(trainer._logs["rewards"][env_column]) == [1.0, 0.0]
+    assert list(trainer._logs["rewards"]["reference_penalty"]) == [0.0, pytest.approx(-0.2)]  # no call: d = 1
+    assert [e.record()["end"] for e in trainer._episodes] == ["answered", "answered"]
+    assert trainer._episodes[0].record()["tool_calls"] == len(truth)
