@@ -161,6 +161,25 @@ def test_rescaled_advantages_are_the_core_functions(agent_policy, tmp_path, monk
     assert not torch.allclose(expected, plain)  # the harder group (task 1) weighs more
 
 
+def test_trie_packed_log_probs_of_agent_rollouts_are_trls_own(agent_policy, tmp_path, monkeypatch):
+    """A group's rollouts share the prompt (the tool schemas) and, up to where they part, their turns:
+    `--packing trie` computes those once and gives TRL's log-probs on every trained token."""
+    tasks = load_agent_tasks("humaneval", 0, 2)
+    trainer = _trainer(agent_policy, tmp_path, tasks, packing="trie")
+    _scripted_policy(trainer, tasks, monkeypatch)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(_batch(trainer))
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    keep = out["completion_ids"].size(1)
+    results = {}
+    for packing in ("none", "trie"):
+        trainer.args.packing = packing
+        results[packing] = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, batch_size=8)[0]
+    trained = (out["completion_mask"] * out["tool_mask"]).bool()
+    torch.testing.assert_close(results["trie"][trained], results["none"][trained], rtol=1e-5, atol=1e-5)
+
+
 def test_a_malformed_call_and_an_unknown_tool_come_back_as_errors(agent_policy, tmp_path, monkeypatch):
     tasks = load_agent_tasks("humaneval", 0, 1)
     trainer = _trainer(agent_policy, tmp_path, tasks, num_generations=2, per_device_train_batch_size=2, tau=1.0,
