@@ -4,6 +4,7 @@ import json
 import pytest
 
 from autothink.algorithms.references import (
+    aligned_step,
     call_distance,
     canonical_arguments,
     closest_reference,
@@ -72,6 +73,16 @@ def test_closest_reference_and_drift():
     assert not drifted([A1, C], [{"calls": [A1, B]}], tau=0.5)  # exactly τ is not beyond it
     assert drifted([A1, C], [{"calls": [A1, B]}], tau=0.49)
     assert not drifted([B], [], tau=0.0)  # no reference: nothing to drift from
+
+
+def test_aligned_step_is_where_the_closest_reference_continues():
+    references = [{"calls": [A1, B]}, {"calls": [A2, B, C]}]
+    assert aligned_step([], references) == (0, 0)  # nothing done: start the first reference from its start
+    assert aligned_step([A2], references) == (1, 1)
+    assert aligned_step([A2, B], references) == (1, 2)  # continues with C
+    assert aligned_step([A1, B, C], references) == (0, 2)  # past the end of the first: nothing left to splice
+    with pytest.raises(ValueError, match="no reference"):
+        aligned_step([A1], [])
 
 
 def test_hostile_arguments_do_not_break_the_distances():

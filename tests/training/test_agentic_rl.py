@@ -147,6 +147,36 @@ def test_scripted_batch_plays_terminates_resamples_and_rewards(agent_policy, tmp
     assert metrics["agent/tool_error_rate"] == pytest.approx(1 / 12) and metrics["agent/turns"] == 2.5
 
 
+def test_trajectory_correction_splices_the_reference_after_the_last_good_call(agent_policy, tmp_path, monkeypatch):
+    """Every rollout writes the solution, then drifts (`list_files` instead of `run_tests`: prefix distance 1/2 >
+    τ = 0.4); with no resample left, the drifting reply is dropped and the reference's `run_tests` spliced in."""
+    tasks = load_agent_tasks("humaneval", 0, 1)
+    trainer = _trainer(agent_policy, tmp_path, tasks, num_generations=2, per_device_train_batch_size=2, tau=0.4,
+                       max_resamples=0, trajectory_correction=True)
+    tok = trainer.processing_class
+    write = tool_call_text("write_file", {"path": SOLUTION, "content": tasks[0].metadata["solution"]})
+    drift = tool_call_text("list_files", {})
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        return [tok(drift if "<tool_response>" in tok.decode(ids) else write, add_special_tokens=False).input_ids
+                + [tok.eos_token_id] for ids in prompt_ids], None
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dict(list(trainer.train_dataset)[0]) for _ in range(2)])
+    episode = trainer._episodes[0]
+    assert episode.record()["end"] == "corrected" and episode.record()["tool_calls"] == 1  # the model's own: write
+    trained = tok.decode([t for t, m in zip(episode.ids, episode.tool_mask) if m])
+    spliced = tok.decode([t for t, m in zip(episode.ids, episode.tool_mask) if not m])
+    assert "write_file" in trained and "list_files" not in trained + spliced  # the drifting reply is gone
+    assert "run_tests" in spliced and "PASSED" in spliced and "run_tests" not in trained
+    assert [m.get("spliced", False) for m in episode.messages] == [False, False, True, True]
+    assert list(trainer._logs["rewards"]["CodingEnvironment"]) == [1.0, 1.0]  # scored where the reference led
+    assert list(trainer._logs["rewards"]["reference_penalty"]) == [0.0, 0.0]
+    assert out["tool_mask"][0].sum() == len(tok(write, add_special_tokens=False).input_ids) + 1
+    assert trainer._metrics["train"]["agent/corrected"][-1] == 2
+
+
 def test_rescaled_advantages_are_the_core_functions(agent_policy, tmp_path, monkeypatch):
     tasks = load_agent_tasks("humaneval", 0, 2)
     trainer = _trainer(agent_policy, tmp_path, tasks, lam=1.0, mu=0.5)

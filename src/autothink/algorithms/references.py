@@ -15,7 +15,8 @@ code: `(1 - w) · sequence + w · patch` with w = `patch_weight` where both side
 
 `prefix_distance` is what early termination reads after each turn: the k calls made so far
 against the best-aligned prefix of a reference, `min_j ED(calls, reference[:j]) / k`, so a
-rollout is not penalised for the steps it has not reached yet; in [0, 1].
+rollout is not penalised for the steps it has not reached yet; in [0, 1]. `aligned_step` is where
+trajectory correction splices: the closest reference and the step j its continuation starts at.
 """
 from __future__ import annotations
 
@@ -95,6 +96,20 @@ def prefix_distance(calls: Sequence[Call], reference: Sequence[Call]) -> float:
     0.0
     """
     return min(_edit_row(calls, reference)) / len(calls) if calls else 0.0
+
+
+def aligned_step(calls: Sequence[Call], references: Sequence[dict]) -> tuple[int, int]:
+    """(reference, step) where the calls so far align best: the reference with the smallest prefix distance and
+    the length j of its prefix that `calls` is closest to, so `reference["calls"][j:]` continues them.
+
+    >>> aligned_step([("a", {})], [{"calls": [("b", {})]}, {"calls": [("a", {}), ("c", {})]}])
+    (1, 1)
+    """
+    if not references:
+        raise ValueError("trajectory correction: the task has no reference trajectory")
+    rows = [_edit_row(calls, r["calls"]) for r in references]
+    best = min(range(len(rows)), key=lambda k: min(rows[k]))
+    return best, min(range(len(rows[best])), key=rows[best].__getitem__)
 
 
 def patch_distance(a: str, b: str) -> float:

@@ -20,8 +20,12 @@ as errors it can read); the tool results are appended with TRL's `_get_tool_suff
 no loss (TRL's `tool_mask`). After each turn a rollout whose calls so far are farther than τ
 from the best-aligned prefix of every reference (`drifted`) is cut and resampled from its
 prompt, with its environment reset, at most `max_resamples` times; after that it ends there
-("terminated"). Groups keep their size. `max_tool_calling_iterations` bounds the tool rounds,
-`max_completion_length` every rollout (model and tool tokens together, as TRL counts).
+("terminated"), or with `--trajectory_correction` ("corrected") its drifting reply is dropped and
+the closest reference's calls from the aligned step on (`aligned_step`) are spliced in, each
+executed in the environment, all their tokens without loss: the rollout's own turns before the
+drift are scored by where the reference would have taken them. Groups keep their size.
+`max_tool_calling_iterations` bounds the tool rounds, `max_completion_length` every rollout
+(model and tool tokens together, as TRL counts).
 
 **Advantages**: TRL's group-normalised GRPO advantages, rescaled by difficulty (λ = `lam`) and
 entropy (μ = `mu`, one extra forward pass) with `rescale_advantages`, on by default here;
@@ -45,7 +49,7 @@ import trl
 from accelerate.utils import gather_object
 
 from autothink.algorithms.advantages import rescale_advantages
-from autothink.algorithms.references import closest_reference, drifted
+from autothink.algorithms.references import aligned_step, closest_reference, drifted
 from autothink.config import check_integers
 from autothink.data.collect import load_agent_tasks
 from autothink.environments.bfcl import bfcl_environment_class
@@ -54,7 +58,7 @@ from autothink.environments.references import calls_of, final_patch, load_refere
 from autothink.environments.rollout import execute, first_messages, tool_schemas
 from autothink.models import load_student
 from autothink.models.card import write_model_card
-from autothink.tasks.tool_calls import ensure_tool_template, parse_tool_calls
+from autothink.tasks.tool_calls import ensure_tool_template, parse_tool_calls, tool_call_text
 from autothink.tasks.trajectory import failure
 from autothink.training.args import LoraOptions, TrainerDefaults, resume_point, save_trained
 from autothink.training.grpo_parts import GRPOParts, check_packing
@@ -89,6 +93,9 @@ class AgentRLConfig(TrainerDefaults, LoraOptions, trl.GRPOConfig):
         "help": "τ: a rollout whose calls so far are farther than this from every reference's best-aligned prefix "
                 "is cut (1: never)"})
     max_resamples: int = field(default=1, metadata={"help": "times a cut rollout is resampled before it ends there"})
+    trajectory_correction: bool = field(default=False, metadata={
+        "help": "a cut rollout past its resamples drops its drifting reply and continues with the closest reference's "
+                "remaining calls, executed in its environment; the spliced tokens get no loss"})
     lam: float = field(default=0.5, metadata={"help": "λ: difficulty-aware advantage scaling (KAT-Coder); 0 = off"})
     mu: float = field(default=0.5, metadata={
         "help": "μ: entropy-aware advantage scaling (KAT-Coder; one extra forward pass per batch); 0 = off"})
@@ -164,6 +171,16 @@ class Episode:
         if self.logprobs is not None:
             self.logprobs = self.logprobs + [0.0] * len(ids)
         self.messages += messages
+
+    def drop_reply(self, calls: int) -> None:
+        """Take the last reply (and its `calls` tool calls) back out."""
+        n = len(self.reply)
+        self.ids, self.tool_mask = self.ids[:len(self.ids) - n], self.tool_mask[:len(self.tool_mask) - n]
+        if self.logprobs is not None:
+            self.logprobs = self.logprobs[:len(self.logprobs) - n]
+        self.messages.pop()
+        self.calls = self.calls[:len(self.calls) - calls]
+        self.reply = []
 
     def restart(self) -> None:
         """Forget everything but how often it was resampled."""
@@ -267,7 +284,10 @@ class AgentRLTrainer(GRPOParts, trl.GRPOTrainer):
         episode.calls += [[c["function"]["name"], c["function"]["arguments"]] for c in calls]
         if drifted(episode.calls, self._references[i], self.args.tau):
             if episode.resamples >= self.args.max_resamples:
-                episode.end = "terminated"
+                if self.args.trajectory_correction:
+                    self._correct(i, episode, len(calls))
+                else:
+                    episode.end = "terminated"
                 return False
             episode.restart()
             self.environments[i].reset(**{k: v for k, v in self._rows[i].items() if k != "environment"})
@@ -286,6 +306,24 @@ class AgentRLTrainer(GRPOParts, trl.GRPOTrainer):
             return False
         episode.add_results(suffix, results)
         return True
+
+    def _correct(self, i: int, episode: Episode, drifting_calls: int) -> None:
+        """Trajectory correction: drop the drifting reply, splice the closest reference's continuation."""
+        episode.drop_reply(drifting_calls)
+        k, step = aligned_step(episode.calls, self._references[i])
+        ends = self._tokenizer.eos_token_id
+        for n, (name, arguments) in enumerate(self._references[i][k]["calls"][step:]):
+            reply = self._tokenizer(tool_call_text(name, arguments), add_special_tokens=False).input_ids + [ends]
+            call = {"id": f"spliced_{n}", "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(arguments)}}
+            result = execute(self.environments[i], call)
+            suffix = self._get_tool_suffix_ids([{"role": "tool", "name": result["name"], "content": result["content"]}])
+            if len(episode.ids) + len(reply) + len(suffix) >= self.max_completion_length:
+                break
+            episode.add_results(reply, [{"role": "assistant", "content": "", "tool_calls": [call], "spliced": True}])
+            episode.add_results(suffix, [{**result, "spliced": True}])
+            episode.calls.append([name, arguments])
+        episode.end = "corrected"
 
     # ---- advantages and metrics
 

@@ -68,7 +68,8 @@ def agent_metrics(episodes: list[dict], tests: list[float], discrepancies: list[
     tokens, resamples, end), `tests` the rule-based test results, `discrepancies` those to the closest reference.
 
     reward = test - alpha * discrepancy (the sum TRL forms from the two reward columns); pass_rate: tests == 1;
-    tool_error_rate: failed calls / calls; terminated: rollouts cut for drift after their last resample.
+    tool_error_rate: failed calls / calls; terminated: rollouts cut for drift after their last resample;
+    corrected: those continued with a reference's calls instead (trajectory correction).
     """
     n = len(episodes)
     calls = sum(e["tool_calls"] for e in episodes)
@@ -83,6 +84,7 @@ def agent_metrics(episodes: list[dict], tests: list[float], discrepancies: list[
         "tool_error_rate": sum(e["tool_errors"] for e in episodes) / calls if calls else None,
         "turns": _mean(e["turns"] for e in episodes), "tokens": _mean(e["tokens"] for e in episodes),
         "resampled": sum(e["resamples"] for e in episodes), "terminated": ends.get("terminated", 0),
+        "corrected": ends.get("corrected", 0),
         **{f"end/{k}": v / n for k, v in sorted(ends.items())},
     }
 
