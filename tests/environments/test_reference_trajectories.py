@@ -64,3 +64,16 @@ def test_final_patch_is_the_last_solution_written():
     assert final_patch([["write_file", "{not json"], ["run_tests", {}]]) is None
     assert final_patch([["write_file", {"path": SOLUTION, "content": 3}]]) is None
     assert tool_call_text("run_tests", {})  # the calls above are what a model's <tool_call> blocks parse to
+
+
+def test_a_collected_bfcl_run_gives_its_first_turn(tmp_path):
+    """An RL rollout plays a BFCL task's first user turn: a supplied reference stops at the second."""
+    from autothink.environments.bfcl import ground_truth_calls
+
+    out = tmp_path / "collect"
+    assert main(["agent", "collect", "--tasks", "bfcl:base", "--n", "2", "--noise", "0", "--max_turns", "40",
+                 "--output_dir", str(out)]) == 0
+    references = load_references(str(out / "trajectories.jsonl"))
+    for task in load_bfcl_tasks("base", n=2):
+        assert len(task.metadata["ground_truth"]) > 1  # several turns were played
+        assert references[task.id][0]["calls"] == [list(c) for c in ground_truth_calls(task, 0)]

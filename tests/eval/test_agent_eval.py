@@ -60,3 +60,21 @@ def test_the_think_on_rate_per_turn_and_a_held_out_split(tmp_path):
 def test_agentic_suites_take_one_episode_per_task():
     with pytest.raises(ValueError, match="one episode per task"):
         EvalConfig(suites=["agent:humaneval"], samples=2, temperature=0.7)
+
+
+def test_a_run_from_before_the_agentic_settings_resumes(tmp_path):
+    """settings.json written before `skip` and `max_turns` existed: their defaults are what it used."""
+    from autothink.eval.run import SAMPLE_SETTINGS
+
+    tasks = load_agent_tasks("humaneval", 0, 2)
+    config = EvalConfig(model="reference-agent", suites=["agent:humaneval"], n=2, modes=["auto"],
+                        output_dir=str(tmp_path))
+    run_eval(config, backend=ReferenceAgent(tasks, noise=0.0))
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    old = {k: v for k, v in settings.items() if k not in ("skip", "max_turns")}
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    assert set(SAMPLE_SETTINGS) - set(old) == {"skip", "max_turns"}
+    assert run_eval(config, backend=ReferenceAgent(tasks, noise=0.0))["samples"] == 2
+    with pytest.raises(ValueError, match="max_turns=6, not 2"):
+        run_eval(EvalConfig(model="reference-agent", suites=["agent:humaneval"], n=2, modes=["auto"], max_turns=2,
+                            output_dir=str(tmp_path)), backend=ReferenceAgent(tasks, noise=0.0))

@@ -114,6 +114,8 @@ def test_tool_call_stream_holds_back_only_what_may_be_a_call():
     ({"functions": [{"name": "f"}]}, "legacy function calling"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
     ({"messages": [{"role": "user", "content": None}]}, "needs content"),
+    ({"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "f", "arguments": "[" * 70000}}]}]}, "arguments"),
     ({"messages": [{"role": "user", "content": "x", "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "only assistant"),
 ])
@@ -121,6 +123,17 @@ def test_bad_tool_requests_get_400(body, needle):
     with running_server(ToolAgent()) as url:
         with pytest.raises(openai.BadRequestError, match=needle):
             _client(url).chat.completions.create(model="tool-agent", **({"messages": ASK} | body))
+
+
+def test_deeply_nested_arguments_in_a_request_are_rendered_as_text(tokenizer):
+    model, tok = tiny_model(copy.deepcopy(tokenizer))
+    ensure_tool_template(tok)
+    turns = ASK + [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "[" * 1500}}]},  # RecursionError in json
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    with running_server(LocalBackend(model, tok, name="tiny")) as url:
+        reply = _client(url).chat.completions.create(model="tiny", messages=turns, tools=TOOLS, max_tokens=4)
+    assert reply.choices[0].finish_reason in ("length", "stop", "tool_calls")
 
 
 def test_a_backend_without_tools_refuses_them(tokenizer):

@@ -177,6 +177,26 @@ def test_trajectory_correction_splices_the_reference_after_the_last_good_call(ag
     assert trainer._metrics["train"]["agent/corrected"][-1] == 2
 
 
+def test_a_correction_that_does_not_fit_keeps_the_drifting_reply(agent_policy, tmp_path, monkeypatch):
+    """The first reply drifts and the reference's `write_file` (the whole solution) does not fit the budget:
+    nothing is spliced or executed, the rollout keeps its reply and ends terminated."""
+    tasks = load_agent_tasks("humaneval", 0, 1)
+    trainer = _trainer(agent_policy, tmp_path, tasks, num_generations=2, per_device_train_batch_size=2, tau=0.4,
+                       max_resamples=0, trajectory_correction=True, max_completion_length=40)
+    tok = trainer.processing_class
+
+    def scripted(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        return [tok(tool_call_text("list_files", {}), add_special_tokens=False).input_ids + [tok.eos_token_id]
+                for _ in prompt_ids], None
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted)
+    trainer.model.train()
+    trainer._generate_and_score_completions([dict(list(trainer.train_dataset)[0]) for _ in range(2)])
+    episode = trainer._episodes[0]
+    assert episode.end == "terminated" and "list_files" in tok.decode(episode.ids) and all(episode.tool_mask)
+    assert trainer.environments[0].files == {}  # the reference's call never ran
+
+
 def test_rescaled_advantages_are_the_core_functions(agent_policy, tmp_path, monkeypatch):
     tasks = load_agent_tasks("humaneval", 0, 2)
     trainer = _trainer(agent_policy, tmp_path, tasks, lam=1.0, mu=0.5)
@@ -236,6 +256,13 @@ def test_a_malformed_call_and_an_unknown_tool_come_back_as_errors(agent_policy, 
 
 
 # --------------------------------------------------------------------------- bad input and options
+
+
+def test_bfcl_miss_func_is_refused_with_the_reason():
+    from autothink.environments.bfcl import load_bfcl_tasks
+
+    with pytest.raises(ValueError, match="hides functions until a later turn"):
+        agent_rl_rows(load_bfcl_tasks("miss_func", n=1), {}, AgentRLConfig(output_dir="x"))
 
 
 def test_config_checks():

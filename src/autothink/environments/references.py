@@ -8,7 +8,8 @@ A reference is `{"calls": [[name, arguments], ...], "patch": final code or None,
   patch is the solution;
 - a BFCL task: the first turn's ground-truth calls (an RL rollout plays the first turn);
 - a supplied trajectory (`--references`, `agent collect` output): the calls of a run that passed,
-  without the calls that failed (the error mask's rule: a mistake is no part of a reference).
+  up to its second user turn (an RL rollout plays the first), without the calls that failed (the
+  error mask's rule: a mistake is no part of a reference).
 """
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ def load_references(path: str) -> dict[str, list[dict]]:
     for trajectory in load_trajectories(path):
         if trajectory.outcome and not trajectory.outcome.get("passed"):
             continue
-        calls = calls_of(trajectory.messages, skip_failed=True)
+        users = [k for k, m in enumerate(trajectory.messages) if m["role"] == "user"]
+        first_turn = trajectory.messages[:users[1]] if len(users) > 1 else trajectory.messages
+        calls = calls_of(first_turn, skip_failed=True)
         if calls:
             out[trajectory.id].append({"calls": calls, "patch": final_patch(calls),
                                        "source": trajectory.source or path})

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -181,8 +181,9 @@ def _check_settings(config: EvalConfig, out: Path) -> dict:
     settings = {k: getattr(config, k) for k in SAMPLE_SETTINGS}
     path = out / "settings.json"
     if path.exists():
+        defaults = {f.name: f.default for f in fields(EvalConfig)}  # a setting added since: its default then
         before = json.loads(path.read_text())
-        changed = [k for k in SAMPLE_SETTINGS if before.get(k) != settings[k]]
+        changed = [k for k in SAMPLE_SETTINGS if before.get(k, defaults[k]) != settings[k]]
         if changed and (out / "samples.jsonl").exists():
             k = changed[0]
             raise ValueError(f"{out} holds samples made with {k}={before.get(k)!r}, not {settings[k]!r}; "

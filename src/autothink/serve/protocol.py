@@ -56,7 +56,7 @@ class TextPart(BaseModel):
 
 class CalledFunction(BaseModel):
     name: str = Field(min_length=1, max_length=64)
-    arguments: str  # JSON text, as OpenAI sends it
+    arguments: str = Field(max_length=MAX_TOOLS_CHARS)  # JSON text, as OpenAI sends it
 
 
 class ToolCall(BaseModel):

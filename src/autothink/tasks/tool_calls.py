@@ -139,8 +139,9 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict], dict[int, str]]:
 
 
 def split_tool_calls(text: str) -> tuple[str, list[dict]]:
-    """A reply as an OpenAI assistant message has it: (content, tool_calls). Blocks that do not parse stay in
-    the content as the model wrote them, so a client sees them rather than a call it cannot run."""
+    """A reply as an OpenAI assistant message has it: (content, tool_calls). A block that does not parse is
+    kept in the content (after the text, its inside as written, closed by `</tool_call>`), so a client sees it
+    rather than a call it cannot run."""
     content, calls, problems = parse_tool_calls(text)
     kept = [c for i, c in enumerate(calls) if i not in problems]
     broken = [f"{TOOL_CALL}\n{json.loads(calls[i]['function']['arguments'])['text']}\n{TOOL_CALL_END}"
@@ -158,7 +159,7 @@ def chat_message(message: dict) -> dict:
             if isinstance(arguments, str):
                 try:
                     arguments = json.loads(arguments) if arguments.strip() else {}
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     pass  # rendered as the string the model wrote
             calls.append({"id": call.get("id"), "type": "function",
                           "function": {"name": call["function"]["name"], "arguments": arguments}})

@@ -23,7 +23,9 @@ prompt, with its environment reset, at most `max_resamples` times; after that it
 ("terminated"), or with `--trajectory_correction` ("corrected") its drifting reply is dropped and
 the closest reference's calls from the aligned step on (`aligned_step`) are spliced in, each
 executed in the environment, all their tokens without loss: the rollout's own turns before the
-drift are scored by where the reference would have taken them. Groups keep their size.
+drift are scored by where the reference would have taken them (a corrected rollout ends on a
+tool result, which TRL counts as clipped: keep `mask_truncated_completions` off with it). Groups
+keep their size.
 `max_tool_calling_iterations` bounds the tool rounds, `max_completion_length` every rollout
 (model and tool tokens together, as TRL counts).
 
@@ -207,6 +209,11 @@ class AgentRLTrainer(GRPOParts, trl.GRPOTrainer):
                          processing_class=processing_class, environment_factory=environments, callbacks=callbacks,
                          peft_config=peft_config)
         self._check_packing()
+        if self.use_vllm and self.accelerator.num_processes > 1 and (
+                self.vllm_mode == "server" or args.vllm_tensor_parallel_size > 1):
+            raise ValueError("agent rl generates a different number of turns on each process, which vLLM's server "
+                             "mode and tensor-parallel colocate mode cannot gather; use vllm_mode=colocate with "
+                             "vllm_tensor_parallel_size=1, or one training process")
         # The prompt shows the schemas `agent collect` and `agent sft` show (TRL's own keep the return type).
         self._env_tools = {name: tool_schemas(pool[0]) for name, pool in self._environment_pool.items()}
         self.metrics_path = Path(args.output_dir) / AGENT_METRICS_FILE
@@ -308,21 +315,34 @@ class AgentRLTrainer(GRPOParts, trl.GRPOTrainer):
         return True
 
     def _correct(self, i: int, episode: Episode, drifting_calls: int) -> None:
-        """Trajectory correction: drop the drifting reply, splice the closest reference's continuation."""
+        """Trajectory correction: drop the drifting reply, splice the closest reference's continuation.
+
+        A spliced call runs only when its reply fits the budget, and once it ran it stays in the transcript
+        (its result cut to fit), so the reward never credits a call the transcript lacks. Spliced calls count
+        as tool rounds. When not even the first spliced reply fits, the rollout keeps its drifting reply and
+        ends "terminated".
+        """
+        calls_before = episode.calls[:len(episode.calls) - drifting_calls]
+        k, step = aligned_step(calls_before, self._references[i])
+        continuation = self._references[i][k]["calls"][step:]
+        eos, limit = self._tokenizer.eos_token_id, self.max_completion_length
+        replies = [self._tokenizer(tool_call_text(name, arguments), add_special_tokens=False).input_ids + [eos]
+                   for name, arguments in continuation]
+        if not replies or len(episode.ids) - len(episode.reply) + len(replies[0]) >= limit:
+            episode.end = "terminated"
+            return
         episode.drop_reply(drifting_calls)
-        k, step = aligned_step(episode.calls, self._references[i])
-        ends = self._tokenizer.eos_token_id
-        for n, (name, arguments) in enumerate(self._references[i][k]["calls"][step:]):
-            reply = self._tokenizer(tool_call_text(name, arguments), add_special_tokens=False).input_ids + [ends]
+        for n, ((name, arguments), reply) in enumerate(zip(continuation, replies)):
+            if len(episode.ids) + len(reply) >= limit or episode.rounds >= self.max_tool_calling_iterations:
+                break
             call = {"id": f"spliced_{n}", "type": "function",
                     "function": {"name": name, "arguments": json.dumps(arguments)}}
             result = execute(self.environments[i], call)
             suffix = self._get_tool_suffix_ids([{"role": "tool", "name": result["name"], "content": result["content"]}])
-            if len(episode.ids) + len(reply) + len(suffix) >= self.max_completion_length:
-                break
             episode.add_results(reply, [{"role": "assistant", "content": "", "tool_calls": [call], "spliced": True}])
-            episode.add_results(suffix, [{**result, "spliced": True}])
+            episode.add_results(suffix[:limit - len(episode.ids)], [{**result, "spliced": True}])
             episode.calls.append([name, arguments])
+            episode.rounds += 1
         episode.end = "corrected"
 
     # ---- advantages and metrics
@@ -379,6 +399,10 @@ def agent_rl_rows(tasks, supplied: dict[str, list[dict]], config: AgentRLConfig)
     """
     rows, factories = [], {}
     for task in tasks:
+        if task.metadata.get("missed_function"):
+            raise ValueError(f"task {task.id!r} (bfcl:miss_func) hides functions until a later turn; agent rl plays "
+                             "the first turn with every tool of its environment shown: use bfcl:base, miss_param or "
+                             "long_context")
         references = task_references(task) + supplied.get(task.id, [])
         if not references and (config.alpha or config.tau < 1):
             raise ValueError(f"task {task.id!r} has no reference trajectory (no metadata.solution, not in "
