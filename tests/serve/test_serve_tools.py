@@ -126,10 +126,11 @@ def test_bad_tool_requests_get_400(body, needle):
 
 
 def test_deeply_nested_arguments_in_a_request_are_rendered_as_text(tokenizer):
+    """1500 open brackets: json.loads raises RecursionError; the template gets the text as written."""
     model, tok = tiny_model(copy.deepcopy(tokenizer))
     ensure_tool_template(tok)
     turns = ASK + [{"role": "assistant", "content": "", "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "[" * 1500}}]},  # RecursionError in json
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "[" * 1500}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
     with running_server(LocalBackend(model, tok, name="tiny")) as url:
         reply = _client(url).chat.completions.create(model="tiny", messages=turns, tools=TOOLS, max_tokens=4)
