@@ -3,6 +3,7 @@ import copy
 import json
 
 import torch
+from transformers import TrainerCallback
 
 from autothink.format import add_autothink_tokens
 from autothink.models import tiny_model
@@ -48,3 +49,12 @@ def small_teacher_tokenizer(corpus, vocab_size=320):
     tok.train_from_iterator([t.replace(" ", "▁") for t in corpus], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
                                    eos_token="<eos>")
+
+
+class Killed(Exception):
+    """What `KillAtFirstCheckpoint` raises: the run stops as a kill would stop it, right after a save."""
+
+
+class KillAtFirstCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise Killed(f"killed at step {state.global_step}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import trl
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autothink.algorithms.advantages import rescale_advantages
 from autothink.cli import main
@@ -26,6 +26,7 @@ from autothink.training.agentic_rl import (
     run_agent_rl,
     set_response_template,
 )
+from helpers import KillAtFirstCheckpoint, Killed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -318,15 +319,6 @@ def finished(policy_dir, tmp_path_factory):
     return out
 
 
-class _Killed(Exception):
-    pass
-
-
-class _KillAtFirstCheckpoint(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        raise _Killed(f"killed at step {state.global_step}")
-
-
 @pytest.mark.slow
 def test_tiny_run_writes_metrics_plots_and_a_model(finished, policy_dir):
     rows = [json.loads(line) for line in (finished / "agent_rl_metrics.jsonl").read_text().splitlines()]
@@ -377,8 +369,8 @@ def test_rollouts_that_differ_move_the_weights(policy_dir, tmp_path, monkeypatch
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint(finished, policy_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(_Killed, match="step 2"):
-        run_agent_rl(_run_config(policy_dir, out), callbacks=[_KillAtFirstCheckpoint()])
+    with pytest.raises(Killed, match="step 2"):
+        run_agent_rl(_run_config(policy_dir, out), callbacks=[KillAtFirstCheckpoint()])
     with open(out / "agent_rl_metrics.jsonl", "a") as f:  # a step logged after the checkpoint, before the kill
         f.write(json.dumps({"step": 2, "reward": 9.0}) + "\n")
     run_agent_rl(_run_config(policy_dir, out))

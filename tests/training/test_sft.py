@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autothink.config import parse_config
 from autothink.format import (
@@ -27,6 +27,7 @@ from autothink.training.sft import (
     data_stats,
     run_sft,
 )
+from helpers import KillAtFirstCheckpoint, Killed
 
 
 def _user(text):
@@ -298,19 +299,10 @@ def test_the_model_card_explains_the_model_and_takes_the_eval_table(finished, ti
     assert add_eval_table(tiny_dir, metrics) is None  # a model autothink did not train keeps its card
 
 
-class _Killed(Exception):
-    pass
-
-
-class _KillAfterFirstCheckpoint(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        raise _Killed(f"killed at step {state.global_step}")
-
-
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(finished, tiny_dir, data_file, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(_Killed, match="step 2"):
-        run_sft(_run_config(tiny_dir, data_file, out), callbacks=[_KillAfterFirstCheckpoint()])
+    with pytest.raises(Killed, match="step 2"):
+        run_sft(_run_config(tiny_dir, data_file, out), callbacks=[KillAtFirstCheckpoint()])
     assert not (out / "sft.json").exists()
     run_sft(_run_config(tiny_dir, data_file, out))
     assert json.loads((out / "sft.json").read_text())["resumed_from"] == str(out / "checkpoint-2")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import trl
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 from autothink.algorithms import (
     SEG_JUDGE,
@@ -32,7 +32,7 @@ from autothink.training.step_srpo import (
     run_rl,
     to_dataset,
 )
-from helpers import rl_prompt_rows
+from helpers import KillAtFirstCheckpoint, Killed, rl_prompt_rows
 from reference import policy_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -421,20 +421,11 @@ def test_tiny_run_writes_metrics_and_plots_and_learns(finished, policy_dir):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-class _Killed(Exception):
-    pass
-
-
-class _KillAtFirstCheckpoint(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        raise _Killed(f"killed at step {state.global_step}")
-
-
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint(finished, policy_dir, prompts_file, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(_Killed, match="step 2"):
-        run_rl(_run_config(policy_dir, prompts_file, out), callbacks=[_KillAtFirstCheckpoint()])
+    with pytest.raises(Killed, match="step 2"):
+        run_rl(_run_config(policy_dir, prompts_file, out), callbacks=[KillAtFirstCheckpoint()])
     with open(out / "rl_metrics.jsonl", "a") as f:  # a step logged after the checkpoint, before the kill
         f.write(json.dumps({"step": 2, "stage": 2, "think_on_rate": 0.0}) + "\n")
     run_rl(_run_config(policy_dir, prompts_file, out))

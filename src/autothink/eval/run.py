@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from autothink.config import check_integers
+from autothink.data.collect import environment_for, load_agent_tasks
 from autothink.data.runner import record_seed
 from autothink.environments.rollout import run_episode
 from autothink.format import (
@@ -41,6 +43,7 @@ from autothink.inference.spec import make_backend
 from autothink.models.card import add_eval_table
 from autothink.records.jsonl import load_done, write_jsonl
 from autothink.tasks import SUITES, Task, load_suite, parse_suite
+from autothink.tasks.tool_calls import tool_call_text
 from autothink.verify import verify_many
 
 SEGMENTS = ("judge", "think", "answer")
@@ -135,8 +138,6 @@ def load_suites(config: EvalConfig) -> dict[str, list[Task]]:
     Raises:
         ValueError: a suite yields no tasks, or has tasks that cannot be graded by rule.
     """
-    from autothink.data.collect import load_agent_tasks
-
     suites = {}
     for spec in config.suites:
         if spec.startswith(AGENT):
@@ -236,10 +237,6 @@ def play_episodes(label: str, mode: str, tasks: list[Task], backend: Backend, pa
                   config: EvalConfig, tokenizer):
     """Agentic suites: one episode per task (`batch_size` at a time, a local model batches their turns),
     yielded as sample records as they finish, with the episode under `agent`."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from autothink.data.collect import environment_for
-
     def play(task):
         seeded = replace(params, n=1, seed=record_seed(config.seed, label, mode, task.id))
         return run_episode(backend, environment_for(task), task, seeded, config.max_turns, thinking=mode,
@@ -272,8 +269,6 @@ def play_episodes(label: str, mode: str, tasks: list[Task], backend: Backend, pa
 
 def _reply_text(message: dict) -> str:
     """An episode's assistant message as the model wrote it: its text and its `<tool_call>` blocks."""
-    from autothink.tasks.tool_calls import tool_call_text
-
     calls = [tool_call_text(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
     return "\n".join([message.get("content") or "", *calls]).strip()
 

@@ -62,8 +62,8 @@ from autothink.models import load_student
 from autothink.models.card import write_model_card
 from autothink.tasks.tool_calls import ensure_tool_template, parse_tool_calls, tool_call_text
 from autothink.tasks.trajectory import failure
-from autothink.training.args import LoraOptions, TrainerDefaults, resume_point, save_trained
-from autothink.training.grpo_parts import GRPOParts, check_packing
+from autothink.training.args import LoraOptions, TrainerDefaults, resume_point
+from autothink.training.grpo_parts import GRPOParts, check_packing, train_and_save
 from autothink.training.rl_metrics import (
     AGENT_METRICS_FILE,
     agent_metrics,
@@ -457,17 +457,11 @@ def run_agent_rl(config: AgentRLConfig, callbacks: list | None = None) -> str:
                              processing_class=tokenizer, environments=environments, callbacks=callbacks,
                              peft_config=config.peft_config(model, tokenizer))
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume is None and trainer.is_world_process_zero():
-        trainer.metrics_path.unlink(missing_ok=True)  # a fresh run
     print(f"agent rl: {len(rows)} tasks ({', '.join(sorted(environments))}), G={args.num_generations}, "
           f"α={args.alpha}, τ={args.tau}, {args.max_steps} steps -> {out}"
           + (f"; resuming from {resume}" if resume else ""))
-    result = trainer.train(resume_from_checkpoint=resume)
-    save_trained(trainer, tokenizer, str(out))
-    trainer.save_state()
-    trainer.save_metrics("train", result.metrics)
-    if not trainer.is_world_process_zero():
+    result = train_and_save(trainer, tokenizer, str(out), resume)
+    if result is None:
         return str(out)
     history = read_metrics(trainer.metrics_path) if trainer.metrics_path.exists() else []
     plots = plot_agent_metrics(trainer.metrics_path, out) if history else []

@@ -8,16 +8,21 @@
   `rescale_advantages`; one extra forward pass per batch).
 - `_generation_limits`: TRL's generation settings for one call (at most N new tokens, extra stop
   ids), for transformers, continuous batching and vLLM alike.
+
+`train_and_save` is the run both commands share: train (a fresh run first clears the trainer's
+metrics JSONL), save the model, the Trainer state and the train metrics.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 
 import torch
 
 from autothink.algorithms.advantages import sample_entropy
 from autothink.algorithms.trie import check_trie_model, trie_row_logprobs
+from autothink.training.args import save_trained
 
 PACKINGS = ("none", "trie")
 
@@ -25,6 +30,20 @@ PACKINGS = ("none", "trie")
 def check_packing(value: str) -> None:
     if value not in PACKINGS:
         raise ValueError(f"packing must be none or trie, got {value!r}")
+
+
+def train_and_save(trainer, tokenizer, output_dir: str, resume: str | None):
+    """Train from `resume` (None: a fresh run, whose old `trainer.metrics_path` is removed) and save the model,
+    the state and the metrics into `output_dir`. Returns the train result on the main process, else None
+    (under torchrun / accelerate launch one process writes the summary)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if resume is None and trainer.is_world_process_zero():
+        trainer.metrics_path.unlink(missing_ok=True)
+    result = trainer.train(resume_from_checkpoint=resume)
+    save_trained(trainer, tokenizer, output_dir)
+    trainer.save_state()
+    trainer.save_metrics("train", result.metrics)
+    return result if trainer.is_world_process_zero() else None
 
 
 class GRPOParts:

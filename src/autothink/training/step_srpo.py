@@ -96,8 +96,8 @@ from autothink.format import (
 from autothink.models import load_student
 from autothink.models.card import write_model_card
 from autothink.records.rl_prompts import read_rl_prompts
-from autothink.training.args import LoraOptions, TrainerDefaults, resume_point, save_trained
-from autothink.training.grpo_parts import GRPOParts, check_packing
+from autothink.training.args import LoraOptions, TrainerDefaults, resume_point
+from autothink.training.grpo_parts import GRPOParts, check_packing, train_and_save
 from autothink.training.rl_metrics import (
     METRICS_FILE,
     drop_rows_from,
@@ -451,18 +451,12 @@ def run_rl(config: RLConfig, callbacks: list | None = None) -> str:
     trainer = StepSRPOTrainer(model=model, args=args, train_dataset=to_dataset(rows), processing_class=tokenizer,
                               callbacks=callbacks, peft_config=config.peft_config(model, tokenizer))
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume is None and trainer.is_world_process_zero():
-        trainer.metrics_path.unlink(missing_ok=True)  # a fresh run
     stage1 = len(trainer.schedule.stage1)
     print(f"rl: {len(rows)} prompts ({stage1} reasoning-heavy), G={args.num_generations}, ρ={args.forced_fraction}, "
           f"{args.max_steps} steps ({args.stage1_steps} in stage 1) -> {out}"
           + (f"; resuming from {resume}" if resume else ""))
-    result = trainer.train(resume_from_checkpoint=resume)
-    save_trained(trainer, tokenizer, str(out))
-    trainer.save_state()
-    trainer.save_metrics("train", result.metrics)
-    if not trainer.is_world_process_zero():  # under torchrun / accelerate launch, one process writes the summary
+    result = train_and_save(trainer, tokenizer, str(out), resume)
+    if result is None:
         return str(out)
     plots = plot_rl_metrics(trainer.metrics_path, out) if trainer.metrics_path.exists() else []
     history = read_metrics(trainer.metrics_path) if trainer.metrics_path.exists() else []
