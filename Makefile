@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps quickstart test lint bench
+.PHONY: setup setup-llamacpp system-deps quickstart test lint bench
 
 system-deps:  ## bubblewrap isolates model-written code (Debian/Ubuntu package)
 	@command -v bwrap >/dev/null || { \
@@ -24,11 +24,18 @@ $(BIN)/.installed: pyproject.toml
 
 setup: system-deps $(BIN)/.installed
 
+# The llama.cpp backend and GGUF export (`autothink[llamacpp]`): llama.cpp compiles from source, once.
+$(BIN)/.llamacpp: $(BIN)/.installed
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e ".[llamacpp]"
+	touch $@
+
+setup-llamacpp: setup $(BIN)/.llamacpp
+
 quickstart: setup
 	$(BIN)/autothink models prepare
 	$(BIN)/autothink run recipes/quickstart.yaml
 
-test: setup
+test: setup-llamacpp
 	$(BIN)/pytest -q
 
 lint: $(BIN)/.installed

@@ -64,6 +64,8 @@ JOBS: dict[str, Job] = {
     "models prepare": Job("autothink.models.loading", "PrepareConfig", "run_prepare",
                           "convert embedded GGUF models to a safetensors cache once"),
     "models list": Job("autothink.models.loading", "ListConfig", "run_list", "list the embedded models"),
+    "export gguf": Job("autothink.models.gguf", "ExportConfig", "run_export",
+                       "a model as a GGUF file for llama.cpp, Ollama, LM Studio"),
     "tasks list": Job("autothink.tasks.suites", "ListConfig", "run_list", "list the built-in task suites"),
     "agent import": Job("autothink.tasks.importers", "ImportConfig", "run_import",
                         "agent logs (OpenAI-style JSONL, OpenHands, Claude Code) to trajectory JSONL"),

@@ -1,4 +1,5 @@
-"""`LocalBackend`: batched sampling from a Hugging Face causal LM with `model.generate`."""
+"""`LocalBackend`: batched sampling from a Hugging Face causal LM with `model.generate`, on the
+in-process machinery (`InProcessBackend`) that the llama.cpp backend shares."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,7 @@ import queue
 import re
 import secrets
 import threading
+from abc import abstractmethod
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -33,24 +35,20 @@ from autothink.inference.constrained import FormatGrammar, FormatLogitsProcessor
 from autothink.tasks.tool_calls import chat_message
 
 
-class LocalBackend(Backend):
-    """Sample from an in-process HF model.
+class InProcessBackend(Backend):
+    """What the backends that sample in this process share: the chat template and tokenizer, the
+    coalescing of concurrent calls, per-row seeds, the AutoThink grammar, stop strings and
+    streaming. A subclass runs one batch of token-id prompts in `_generate_batch`.
 
     The n samples of each conversation are rows of the batch; rows are grouped by prompt length
-    (less padding) into batches of at most `batch_size` and left-padded. Calls from several
-    threads are coalesced: while one runs, the calls that arrive wait, and those with the same
-    sampling settings then run together as one batch (the data stages' workers share the model).
-    Each row samples with its own generator seeded by (call seed, row), so a seeded call gives the
-    same completions whatever it was batched with, and the global torch RNG is left untouched.
+    (less padding) into batches of at most `batch_size`. Calls from several threads are
+    coalesced: while one runs, the calls that arrive wait, and those with the same sampling
+    settings then run together as one batch (the data stages' workers share the model). Each row
+    samples with its own generator seeded by (call seed, row), so a seeded call gives the same
+    completions whatever it was batched with, and the global torch RNG is left untouched.
     `prefix=` is appended to the rendered prompt text; `stream` decodes token by token.
     `SamplingParams(constrained=True)` masks each step's logits to the AutoThink grammar
     (`inference.constrained`), read from the start of the reply (forced prefix and `prefix=` included).
-
-    Args:
-        model: a causal LM (eval mode is set).
-        tokenizer: its tokenizer, with a chat template.
-        batch_size: rows (conversations × n) per `model.generate` call.
-        name: the model name reported by `name` (and by `autothink serve`).
     """
 
     supports_tools = True
@@ -58,40 +56,28 @@ class LocalBackend(Backend):
     supports_cancel = True
     supports_constrained = True
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None):
+    def __init__(self, tokenizer, eos_ids: list[int], batch_size: int, name: str, context_length: int | None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("the tokenizer has no chat template; LocalBackend renders chat conversations")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        path = str(getattr(model.config, "_name_or_path", "") or "")
-        self.name = name or os.path.basename(path.rstrip("/")) or "local"
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
+            raise ValueError(f"the tokenizer has no chat template; {type(self).__name__} renders chat conversations")
+        eos = list(eos_ids)
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
             eos.append(tokenizer.eos_token_id)
         if not eos:
             raise ValueError("neither the model's generation config nor the tokenizer defines an EOS token")
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.name = name
         self.eos_ids = eos
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-        self.context_length = getattr(model.config, "max_position_embeddings", None)
+        self.context_length = context_length
         self._stop_criteria: dict[tuple, StopStringCriteria] = {}
         self._grammar: FormatGrammar | None = None
-        self._lock = threading.Lock()  # the model: one generate at a time
+        self._lock = threading.Lock()  # the model: one batch at a time
         self._pending: list[_Call] = []  # calls waiting to be coalesced
         self._cv = threading.Condition()
         self._running = False
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, device: str = "auto", dtype: str = "auto", **kw) -> "LocalBackend":
-        """Load an embedded model name, a model directory or a hub id (see `autothink.models.load_model`)."""
-        from autothink.models import load_model
-
-        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
-        kw.setdefault("name", os.path.basename(str(name_or_path).rstrip("/")))
-        return cls(model, tokenizer, **kw)
 
     # -- prompts ---------------------------------------------------------------------------
     def render(self, conversation: Conversation, thinking: str | None = None, tools: list[dict] | None = None) -> str:
@@ -198,7 +184,7 @@ class LocalBackend(Backend):
     ) -> Iterator[str | Completion]:
         """Yield the completion's text as tokens are sampled (stop strings held back), then the `Completion`.
 
-        `model.generate` runs in a worker thread; closing the iterator early stops it at the next token.
+        The batch runs in a worker thread; closing the iterator early stops it at the next token.
         """
         check_params(self, params)
         if params.n != 1:
@@ -264,44 +250,23 @@ class LocalBackend(Backend):
         n = params.n
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
+    @abstractmethod
     def _generate_batch(
         self, prompts: list[list[int]], params: SamplingParams, row_seeds: list[tuple], streamer=None, cancel=None,
         replies: list[str] | None = None,
     ) -> list[Completion]:
-        device = self.model.device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            if p:
-                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-                mask[i, width - len(p):] = 1
-        kwargs = dict(
-            max_new_tokens=params.max_tokens,
-            min_new_tokens=0,
-            do_sample=False,  # sampling, when asked, is _RowSampler's: generate then keeps its one token
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids,
-            num_beams=1,
-            use_cache=True,  # a checkpoint saved by a trainer may say otherwise (decoding then recomputes everything)
-        )
+        """One completion per prompt (token ids), at most `batch_size` of them: `row_seeds` seed
+        `_RowSampler`, `streamer` gets the prompt then each new token, `cancel` ends every row."""
+
+    def _processors(self, params: SamplingParams, row_seeds: list[tuple], replies: list[str], device) -> list:
+        """The logits processors of a batch: the grammar first (the sampler then draws among allowed
+        tokens), then the per-row sampler (greedy decoding then keeps its one token)."""
         processors = []
-        if params.constrained:  # the grammar masks first, so the sampler draws among allowed tokens
-            grammar = self.grammar()
-            processors.append(FormatLogitsProcessor(grammar, [state_after(r) for r in replies]))
+        if params.constrained:
+            processors.append(FormatLogitsProcessor(self.grammar(), [state_after(r) for r in replies]))
         if not params.greedy:
             processors.append(_RowSampler(row_seeds, params, device))
-        if processors:
-            kwargs["logits_processor"] = LogitsProcessorList(processors)
-        criteria = [self._stop_criterion(params.stop)] if params.stop else []
-        criteria += [_Cancelled(cancel)] if cancel is not None else []
-        if criteria:
-            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-        if streamer is not None:
-            kwargs["streamer"] = streamer
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        new = out[:, width:].tolist()
-        return [self._finish(tokens, params, len(p)) for tokens, p in zip(new, prompts)]
+        return processors
 
     def _stop_criterion(self, stop: tuple[str, ...]) -> StopStringCriteria:
         """HF's stop-string criterion, built once per stop tuple (building it scans the vocabulary)."""
@@ -344,6 +309,68 @@ class LocalBackend(Backend):
         return Completion(
             text=text, finish_reason=reason, tokens=count, prompt_tokens=prompt_tokens, stop_reason=stop_reason
         )
+
+
+class LocalBackend(InProcessBackend):
+    """Sample from an in-process HF model with `model.generate` (rows left-padded).
+
+    Args:
+        model: a causal LM (eval mode is set).
+        tokenizer: its tokenizer, with a chat template.
+        batch_size: rows (conversations × n) per `model.generate` call.
+        name: the model name reported by `name` (and by `autothink serve`).
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None):
+        self.model = model.eval()
+        path = str(getattr(model.config, "_name_or_path", "") or "")
+        eos = model.generation_config.eos_token_id
+        super().__init__(tokenizer, [eos] if isinstance(eos, int) else list(eos or []), batch_size,
+                         name or os.path.basename(path.rstrip("/")) or "local",
+                         getattr(model.config, "max_position_embeddings", None))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device: str = "auto", dtype: str = "auto", **kw) -> "LocalBackend":
+        """Load an embedded model name, a model directory or a hub id (see `autothink.models.load_model`)."""
+        from autothink.models import load_model
+
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+        kw.setdefault("name", os.path.basename(str(name_or_path).rstrip("/")))
+        return cls(model, tokenizer, **kw)
+
+    def _generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams, row_seeds: list[tuple], streamer=None, cancel=None,
+        replies: list[str] | None = None,
+    ) -> list[Completion]:
+        device = self.model.device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            if p:
+                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[i, width - len(p):] = 1
+        kwargs = dict(
+            max_new_tokens=params.max_tokens,
+            min_new_tokens=0,
+            do_sample=False,  # sampling, when asked, is _RowSampler's: generate then keeps its one token
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+            num_beams=1,
+            use_cache=True,  # a checkpoint saved by a trainer may say otherwise (decoding then recomputes everything)
+        )
+        processors = self._processors(params, row_seeds, replies or [""] * len(prompts), device)
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
+        criteria = [self._stop_criterion(params.stop)] if params.stop else []
+        criteria += [_Cancelled(cancel)] if cancel is not None else []
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        new = out[:, width:].tolist()
+        return [self._finish(tokens, params, len(p)) for tokens, p in zip(new, prompts)]
 
 
 class _Call:

