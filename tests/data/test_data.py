@@ -272,6 +272,23 @@ def test_coldstart_fallback_answers_only_where_the_samples_fail(tmp_path):
     assert plain["status"] == "rejected" and plain["label"]["mode"] == "off"
 
 
+def test_the_reference_judge_writes_the_rationale_from_the_worked_solution(tmp_path):
+    reference = Agent(make_backend("reference:" + str(_tasks_file(tmp_path))))
+    steps = len(GSM_COT.splitlines())
+    solved = agent(lambda p, i: f"Final answer: {GSM_GOLD}")
+    config = ColdstartConfig(samples=1, random_fraction=0.0, directive_fraction=0.0)
+    out = coldstart_record(GSM, {"on": solved, "off": solved, "judge": reference}, PROMPTS, config)
+    assert out["mode"] == "off" and parse(out["messages"][-1]["content"]).judge == (
+        f"The question takes {steps} steps of working, so the answer can be given directly without "
+        "step-by-step reasoning.")
+    assert reference.backend.rationale(GSM["messages"][0]["content"], "on").endswith(
+        "so it is worth reasoning step by step before the answer.")
+    assert reference.backend.rationale(GSM["messages"][0]["content"], "off", "DO NOT THINK") == \
+        'The user wrote "DO NOT THINK", so I answer directly.'
+    with pytest.raises(BackendError, match="no known task question"):
+        reference.backend.rationale("What is the capital of France?", "on")
+
+
 def test_reference_backend_answers_known_questions_only(tmp_path):
     backend = make_backend("reference:" + str(_tasks_file(tmp_path)))
     out = backend.generate([PROMPTS.messages("think_on", query=GSM["messages"][0]["content"])], SamplingParams(n=2))

@@ -121,14 +121,18 @@ def coldstart_record(record: dict, agents: dict, prompts: Prompts, config: Colds
     if not usable:
         return base | {"status": "rejected", "reason": f"no verified think-{mode} response"}
     directive = label["directive"]
-    rationale = agents["judge"].ask(  # the judge sees the chosen response (and the directive), as the paper's does
-        prompts.messages(
-            "judge_rationale", query=task.prompt, mode_description="think-on" if mode == "on" else "think-off",
-            needs_reasoning="needs" if mode == "on" else "does not need", response=usable[0][:RESPONSE_CHARS],
-            directive_note=f" (the user also wrote: \"{directive}\")" if directive else "",
-        ),
-        seed=record_seed(task.id, "rationale"), temperature=0.3,
-    )[0]
+    judge = agents["judge"]
+    if hasattr(judge.backend, "rationale"):  # the reference stand-in writes it from the worked solution
+        rationale = judge.backend.rationale(task.prompt, mode, directive)
+    else:  # the judge sees the chosen response (and the directive), as the paper's does
+        rationale = judge.ask(
+            prompts.messages(
+                "judge_rationale", query=task.prompt, mode_description="think-on" if mode == "on" else "think-off",
+                needs_reasoning="needs" if mode == "on" else "does not need", response=usable[0][:RESPONSE_CHARS],
+                directive_note=f" (the user also wrote: \"{directive}\")" if directive else "",
+            ),
+            seed=record_seed(task.id, "rationale"), temperature=0.3,
+        )[0]
     reasoning, answer = split_final_answer(usable[0])
     response = render(mode, strip_tags(answer or reasoning), judge=first_sentences(strip_tags(rationale)),
                       think=strip_tags(reasoning) if mode == "on" else "")

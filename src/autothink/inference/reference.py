@@ -7,7 +7,9 @@ Procedural datasets carry their gold answers, and some a worked solution (`gsm_s
 strong model is at hand (the 2-core CPU quickstart), this backend stands in for one: asked about
 a known question, it replies `<worked solution>\\nFinal answer: <gold>`,
 the convention of the data-stage prompt templates. The question is found as the longest known
-task prompt inside the last user message, so any template that quotes the question works.
+task prompt inside the last user message, so any template that quotes the question works. As the
+cold start's judge it writes the mode rationale from the worked solution's length (`rationale`),
+where a 135M model's own rationale restates the answer and teaches it to answer inside the judge.
 """
 from __future__ import annotations
 
@@ -86,16 +88,36 @@ class ReferenceBackend(Backend):
 
     def __init__(self, tasks: list[Task], name: str = "reference"):
         self.name = name
-        self.solutions = {}
+        self.solutions, self.steps = {}, {}
         for task in tasks:
             reasoning, answer = reference_solution(task)
             if answer is not None:
                 worked = reasoning + "\n" if reasoning else ""
                 self.solutions[task.prompt.strip()] = f"{worked}Final answer: {answer}"
+                self.steps[task.prompt.strip()] = sum(1 for line in reasoning.splitlines() if line.strip())
         if not self.solutions:
             raise ValueError(f"{name}: none of the {len(tasks)} tasks has a reference answer to give")
         # Longest prompts first: a prompt that contains another one must win.
         self._prompts = sorted(self.solutions, key=len, reverse=True)
+
+    def _question(self, text: str) -> str:
+        prompt = next((p for p in self._prompts if p in text), None)
+        if prompt is None:
+            raise BackendError(f"{self.name}: no known task question in the conversation "
+                               f"(last user message starts {text[:80]!r})")
+        return prompt
+
+    def rationale(self, query: str, mode: str, directive: str | None = None) -> str:
+        """Why `query` is answered in `mode` ("on" or "off"): the user's directive, else the length
+        of its worked solution."""
+        steps = self.steps[self._question(query)]
+        if directive:
+            how = "I reason step by step" if mode == "on" else "I answer directly"
+            return f'The user wrote "{directive}", so {how}.'
+        work = f"{steps} step{'s' if steps != 1 else ''} of working" if steps else "no working"
+        if mode == "on":
+            return f"The question takes {work}, so it is worth reasoning step by step before the answer."
+        return f"The question takes {work}, so the answer can be given directly without step-by-step reasoning."
 
     def _generate(self, conversations: list[Conversation], params: SamplingParams,
                   thinking: str | None) -> list[list[Completion]]:
@@ -103,11 +125,6 @@ class ReferenceBackend(Backend):
         for conversation in conversations:
             users = [m["content"] for m in conversation
                      if m.get("role") == "user" and isinstance(m.get("content"), str)]
-            last = users[-1] if users else ""
-            prompt = next((p for p in self._prompts if p in last), None)
-            if prompt is None:
-                raise BackendError(f"{self.name}: no known task question in the conversation "
-                                   f"(last user message starts {last[:80]!r})")
-            text = self.solutions[prompt]
+            text = self.solutions[self._question(users[-1] if users else "")]
             out.append([Completion(text=text, finish_reason="stop", tokens=len(text.split()))] * params.n)
         return out
