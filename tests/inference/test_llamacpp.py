@@ -107,6 +107,20 @@ def test_stop_strings_prefix_stream_and_constrained(backends):
     assert llama.generate(CONVS, params, "auto") == hf.generate(CONVS, params, "auto")
 
 
+def test_each_row_has_its_own_context_budget(model_dir, f32_gguf):
+    small = LlamaCppBackend(f32_gguf, model_dir[2], batch_size=4, context=64, threads=1)
+    long_conv = [{"role": "user", "content": "one two three four five six seven eight nine ten " * 2}]
+    assert 40 < small.prompt_tokens(long_conv) < 64
+    params = SamplingParams(temperature=0, max_tokens=40)
+    together = small.generate([long_conv, CONVS[0]], params)
+    assert together[0][0].tokens == 64 - small.prompt_tokens(long_conv) and together[0][0].finish_reason == "length"
+    assert together[1] == small.generate([CONVS[0]], params)[0]  # the short row is not cut to the long one's room
+    with pytest.raises(ValueError, match="batch_size must be 1 to 256"):
+        LlamaCppBackend(f32_gguf, model_dir[2], batch_size=300)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        LlamaCppBackend(f32_gguf, model_dir[2], threads=0)
+
+
 def test_cancel_and_length(backends):
     _, llama = backends
     out = llama.generate(CONVS[:1], SamplingParams(temperature=0, max_tokens=5))[0][0]
@@ -129,8 +143,12 @@ def test_the_gguf_keeps_tags_template_and_card(model_dir, f32_gguf, backends):
     alone = make_backend(f"llamacpp:{f32_gguf}", batch_size=2, threads=1)
     for thinking in ("off", "on", "auto"):
         assert alone.render(CONVS[1], thinking) == llama.render(CONVS[1], thinking)
+    # Without a generation config it stops at llama.cpp's end-of-generation tokens of the file too.
+    assert set(llama.eos_ids) < set(alone.eos_ids) and tok.convert_tokens_to_ids("<|endoftext|>") in alone.eos_ids
     params = SamplingParams(temperature=0, max_tokens=12)
-    assert alone.generate(CONVS, params, "off") == llama.generate(CONVS, params, "off")
+    theirs = llama.generate(CONVS, params, "off")
+    for ours, reference in zip(alone.generate(CONVS, params, "off"), theirs):
+        assert reference[0].text.startswith(ours[0].text)
 
 
 def test_quantised_exports_load_and_the_cli(model_dir, tmp_path, capsys):

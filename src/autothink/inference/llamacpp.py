@@ -27,6 +27,7 @@ from autothink.inference.backend import Completion, SamplingParams
 from autothink.inference.local import InProcessBackend
 
 DEFAULT_CONTEXT = 2048  # per row; 135M parameters: 23 KB of KV cache per token
+MAX_ROWS = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences in one context
 MIN_SHARED = 32  # prompt tokens all rows of a batch share, from which they are computed once and copied
 
 
@@ -52,6 +53,10 @@ class LlamaCppBackend(InProcessBackend):
             raise ValueError(f"GGUF file {path} does not exist")
         if isinstance(context, bool) or not isinstance(context, int) or context < 16:
             raise ValueError(f"context must be an integer >= 16, got {context!r}")
+        if isinstance(batch_size, int) and not 1 <= batch_size <= MAX_ROWS:
+            raise ValueError(f"batch_size must be 1 to {MAX_ROWS} (llama.cpp's sequences a context), got {batch_size}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         super().__init__(tokenizer, eos_ids or [], batch_size, name or path.stem, None)
         self._lib = llama_cpp
         llama_cpp.llama_backend_init()
@@ -64,7 +69,7 @@ class LlamaCppBackend(InProcessBackend):
         params.n_batch = params.n_ubatch = max(512, batch_size)
         params.n_seq_max = batch_size
         params.kv_unified = False  # each row its own cache stream: a step attends only to its own row
-        params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
+        params.n_threads = params.n_threads_batch = threads or len(os.sched_getaffinity(0))
         ctx = llama_cpp.llama_init_from_model(model, params)
         if not ctx:
             llama_cpp.llama_model_free(model)
@@ -86,18 +91,21 @@ class LlamaCppBackend(InProcessBackend):
         from autothink.models.loading import load_tokenizer
 
         tokenizer_source = kw.pop("tokenizer", None)
-        if source.endswith(".gguf"):
-            path = Path(source).expanduser()
-            if not path.is_file():
-                raise ValueError(f"GGUF file {path} does not exist")
-            tokenizer = load_tokenizer(tokenizer_source) if tokenizer_source else _gguf_tokenizer(path)
-            eos = []
-        else:
-            path = cached_gguf(source)
-            tokenizer = load_tokenizer(tokenizer_source or source)
-            eos = _generation_eos(source)
         kw.setdefault("name", Path(source.rstrip("/")).name.removesuffix(".gguf"))
-        return cls(path, tokenizer, eos_ids=eos, **kw)
+        if not source.endswith(".gguf"):
+            tokenizer_source = tokenizer_source or source
+            return cls(cached_gguf(source), load_tokenizer(tokenizer_source), eos_ids=_generation_eos(source), **kw)
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ValueError(f"GGUF file {path} does not exist")
+        if tokenizer_source:
+            return cls(path, load_tokenizer(tokenizer_source), eos_ids=_generation_eos(tokenizer_source), **kw)
+        backend = cls(path, _gguf_tokenizer(path), **kw)
+        # No generation config: llama.cpp's end-of-generation tokens of the file (EOS, end of turn).
+        lib = backend._lib
+        backend.eos_ids += [t for t in range(backend._n_vocab)
+                            if t not in backend.eos_ids and lib.llama_vocab_is_eog(backend._vocab, t)]
+        return backend
 
     def _check_vocabulary(self) -> None:
         """The GGUF and the tokenizer must give the same ids: the tokenizer makes the prompts."""
@@ -117,14 +125,20 @@ class LlamaCppBackend(InProcessBackend):
         return list(out[:count])
 
     # -- generation ------------------------------------------------------------------------
+    def _check_prompts(self, prompts: list[list[int]]) -> None:
+        bad = [len(p) for p in prompts if not 0 < len(p) < self.context_length]
+        if bad:
+            raise ValueError(f"prompts must have 1 to {self.context_length - 1} tokens (the context per row), "
+                             f"got {bad[0]}")
+
     def _generate_batch(
         self, prompts: list[list[int]], params: SamplingParams, row_seeds: list[tuple], streamer=None, cancel=None,
         replies: list[str] | None = None,
     ) -> list[Completion]:
         longest = max(len(p) for p in prompts)
-        if not all(prompts) or longest >= self.context_length:
-            raise ValueError(f"prompts must have 1 to {self.context_length - 1} tokens (the context), got {longest}")
-        budget = min(params.max_tokens, self.context_length - longest)
+        # Each row's own budget: what is left of its context after its prompt.
+        budgets = [min(params.max_tokens, self.context_length - len(p)) for p in prompts]
+        budget = max(budgets)
         rows = len(prompts)
         processors = self._processors(params, row_seeds, replies or [""] * rows, "cpu")
         stop = self._stop_criterion(params.stop) if params.stop else None
@@ -135,7 +149,7 @@ class LlamaCppBackend(InProcessBackend):
             ids[i, longest - len(p):longest] = torch.tensor(p)
         if streamer is not None:
             streamer.put(ids[:, :longest])
-        self._lib.llama_memory_clear(self._memory, True)
+        self._lib.llama_memory_clear(self._memory, False)
         shared = _common_prefix(prompts) if rows > 1 else 0
         if shared >= MIN_SHARED:  # a primer, a system prompt, n samples of one prompt: computed once
             self._decode([(0, prompts[0][:shared], 0)], rows)
@@ -165,7 +179,7 @@ class LlamaCppBackend(InProcessBackend):
                 done |= stop(ids[:, :width + 1], scores)
             if cancel is not None and cancel():
                 break
-            live = [i for i in live if not done[i]]
+            live = [i for i in live if not done[i] and len(generated[i]) < budgets[i]]
             if not live or step + 1 == budget:
                 break
             scores = self._decode([(i, [int(chosen[i])], len(prompts[i]) + step) for i in live], rows)

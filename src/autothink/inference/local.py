@@ -141,8 +141,9 @@ class InProcessBackend(Backend):
         cancel: Callable[[], bool] | None = None,
         tools: list[dict] | None = None,
     ) -> list[list[Completion]]:
-        call = _Call(self._encode(conversations, thinking, prefixes, tools), params, cancel,
-                     self._replies(len(conversations), thinking, prefixes))
+        prompts = self._encode(conversations, thinking, prefixes, tools)
+        self._check_prompts(prompts)  # before coalescing: a bad prompt fails its own call only
+        call = _Call(prompts, params, cancel, self._replies(len(conversations), thinking, prefixes))
         with self._cv:
             self._pending.append(call)
             while not call.done and self._running:
@@ -193,6 +194,7 @@ class InProcessBackend(Backend):
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a string, got {prefix!r}")
         prompt = self._encode([list(conversation)], thinking, [prefix], tools)[0]
+        self._check_prompts([prompt])
         pieces: queue.Queue = queue.Queue()
         cancel = threading.Event()
 
@@ -249,6 +251,9 @@ class InProcessBackend(Backend):
                 results[r] = out
         n = params.n
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _check_prompts(self, prompts: list[list[int]]) -> None:
+        """Raise ValueError for prompts (token ids) this backend cannot run; by default all can."""
 
     @abstractmethod
     def _generate_batch(

@@ -110,14 +110,17 @@ class ReferenceBackend(Backend):
     def rationale(self, query: str, mode: str, directive: str | None = None) -> str:
         """Why `query` is answered in `mode` ("on" or "off"): the user's directive, else the length
         of its worked solution."""
-        steps = self.steps[self._question(query)]
         if directive:
             how = "I reason step by step" if mode == "on" else "I answer directly"
             return f'The user wrote "{directive}", so {how}.'
-        work = f"{steps} step{'s' if steps != 1 else ''} of working" if steps else "no working"
+        steps = self.steps[self._question(query)]
+        if not steps:  # no worked solution to count (a gold answer only)
+            work = "needs working out" if mode == "on" else "is answered by recall"
+        else:
+            work = f"takes {steps} step{'s' if steps != 1 else ''} of working"
         if mode == "on":
-            return f"The question takes {work}, so it is worth reasoning step by step before the answer."
-        return f"The question takes {work}, so the answer can be given directly without step-by-step reasoning."
+            return f"The question {work}, so it is worth reasoning step by step before the answer."
+        return f"The question {work}, so the answer can be given directly without step-by-step reasoning."
 
     def _generate(self, conversations: list[Conversation], params: SamplingParams,
                   thinking: str | None) -> list[list[Completion]]:

@@ -14,6 +14,7 @@ quantiser (`llama_model_quantize`).
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -77,19 +78,23 @@ def _extract_converter(version: str, target: Path) -> None:
             raise RuntimeError(f"could not fetch the llama-cpp-python=={version} sdist for its GGUF converter "
                                f"({fetched.stderr.strip()[-500:]}); set LLAMA_CPP_DIR to a llama.cpp checkout")
         staged = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=_parent(target)))
-        with tarfile.open(sdists[0]) as sdist:
-            root = f"{sdist.getnames()[0].split('/')[0]}/vendor/llama.cpp/"
-            members = [m for m in sdist.getmembers() if m.name.startswith(root)
-                       and m.name[len(root):].startswith(_CONVERTER_FILES) and (m.isfile() or m.isdir())]
-            for member in members:
-                member.name = member.name[len(root):]
-            sdist.extractall(staged, members=members, filter="data")
-        if not (staged / "convert_hf_to_gguf.py").is_file():
-            shutil.rmtree(staged)
-            raise RuntimeError(f"the llama-cpp-python=={version} sdist has no vendor/llama.cpp/convert_hf_to_gguf.py")
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)
+        try:
+            with tarfile.open(sdists[0]) as sdist:
+                root = f"{sdist.getnames()[0].split('/')[0]}/vendor/llama.cpp/"
+                members = [m for m in sdist.getmembers() if m.name.startswith(root) and ".." not in m.name
+                           and m.name[len(root):].startswith(_CONVERTER_FILES) and (m.isfile() or m.isdir())]
+                for member in members:
+                    member.name = member.name[len(root):]
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+                sdist.extractall(staged, members=members, **safe)
+            if not (staged / "convert_hf_to_gguf.py").is_file():
+                raise RuntimeError(f"the llama-cpp-python=={version} sdist has no "
+                                   "vendor/llama.cpp/convert_hf_to_gguf.py")
+            if target.exists():
+                shutil.rmtree(target)
+            staged.rename(target)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # gone already once renamed
 
 
 def _parent(path: Path) -> Path:
@@ -144,14 +149,14 @@ def _quantize(source: Path, target: Path, ftype: str) -> None:
 
 def cached_gguf(model: str, outtype: str = "f16") -> Path:
     """The GGUF of `model`, exported once per checkpoint: files are keyed by the model's path and
-    files (names, sizes, modification times), so a retrained checkpoint is exported again and
-    replaces the export of the checkpoint it overwrote."""
+    files (names, sizes, modification times) and the converter's version, so a retrained
+    checkpoint is exported again and replaces the export of the checkpoint it overwrote."""
     source = Path(resolve(model))
     if not source.is_dir():
         raise ValueError(f"the llamacpp backend needs a .gguf file, a model directory or an embedded model, "
                          f"got {model!r}")
     place = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
-    content = hashlib.sha256()
+    content = hashlib.sha256(llama_cpp_version().encode())  # a new converter exports again
     for path in sorted(p for p in source.iterdir() if p.is_file()):
         stat = path.stat()
         content.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -161,7 +166,7 @@ def cached_gguf(model: str, outtype: str = "f16") -> Path:
         if not target.is_file():
             print(f"exporting {model} to GGUF ({outtype}, once per checkpoint): {target}", file=sys.stderr)
             export_gguf(model, target, outtype)
-            for stale in folder.glob(f"{source.name}-{place}-*-{outtype}.gguf"):
+            for stale in folder.glob(f"{glob.escape(source.name)}-{place}-*-{outtype}.gguf"):
                 if stale != target:
                     stale.unlink()
     return target
