@@ -70,8 +70,8 @@ def _extract_converter(version: str, target: Path) -> None:
     """Fetch the llama-cpp-python `version` sdist from the package index and keep only the converter."""
     with tempfile.TemporaryDirectory() as tmp:
         print(f"fetching llama.cpp's converter: the llama-cpp-python=={version} sdist (once)", file=sys.stderr)
-        fetched = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+        fetched = subprocess.run(  # only this package as an sdist: its build requirements come as wheels
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-python",
              f"llama-cpp-python=={version}", "-d", tmp], capture_output=True, text=True)
         sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if fetched.returncode or not sdists:
