@@ -50,8 +50,8 @@ def round_trip(local: LocalBackend, llama: LlamaCppBackend, max_tokens: int) -> 
     lines = []
     params = SamplingParams(temperature=0, max_tokens=max_tokens)
     ours, theirs = llama.generate(PROMPTS[:8], params), local.generate(PROMPTS[:8], params)
+    tok = local.tokenizer
     for conv, a, b in zip(PROMPTS[:8], ours, theirs):
-        tok = local.tokenizer
         ids_a = tok(a[0].text, add_special_tokens=False)["input_ids"]
         ids_b = tok(b[0].text, add_special_tokens=False)["input_ids"]
         if ids_a == ids_b:

@@ -36,10 +36,10 @@ class LlamaCppBackend(InProcessBackend):
 
     Args:
         gguf: the GGUF file; its vocabulary must be the tokenizer's (an `autothink export gguf` file is).
-        tokenizer: the HF tokenizer with the chat template (`tokenizer_for` finds it).
+        tokenizer: the HF tokenizer with the chat template (`from_spec` finds it).
         batch_size: rows decoded together (llama.cpp sequences).
         context: tokens per row (prompt and completion); the KV cache holds `batch_size × context`.
-        threads: CPU threads (default: all cores).
+        threads: CPU threads (default: the cores this process may run on).
         eos_ids: end-of-sequence ids besides the tokenizer's (a generation config's).
     """
 
@@ -140,7 +140,7 @@ class LlamaCppBackend(InProcessBackend):
         budgets = [min(params.max_tokens, self.context_length - len(p)) for p in prompts]
         budget = max(budgets)
         rows = len(prompts)
-        processors = self._processors(params, row_seeds, replies or [""] * rows, "cpu")
+        processors = self._processors(params, row_seeds, replies, "cpu")
         stop = self._stop_criterion(params.stop) if params.stop else None
         # input_ids as `generate` keeps them (left-padded prompt, then one column per step), for the
         # processors and the stop criterion, which read the rows' tokens so far.
@@ -180,7 +180,7 @@ class LlamaCppBackend(InProcessBackend):
             if cancel is not None and cancel():
                 break
             live = [i for i in live if not done[i] and len(generated[i]) < budgets[i]]
-            if not live or step + 1 == budget:
+            if not live:  # every row has met EOS, a stop string or its budget
                 break
             scores = self._decode([(i, [int(chosen[i])], len(prompts[i]) + step) for i in live], rows)
         return [self._finish(tokens, params, len(p)) for tokens, p in zip(generated, prompts)]

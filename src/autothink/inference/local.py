@@ -263,12 +263,13 @@ class InProcessBackend(Backend):
         """One completion per prompt (token ids), at most `batch_size` of them: `row_seeds` seed
         `_RowSampler`, `streamer` gets the prompt then each new token, `cancel` ends every row."""
 
-    def _processors(self, params: SamplingParams, row_seeds: list[tuple], replies: list[str], device) -> list:
+    def _processors(self, params: SamplingParams, row_seeds: list[tuple], replies: list[str] | None, device) -> list:
         """The logits processors of a batch: the grammar first (the sampler then draws among allowed
         tokens), then the per-row sampler (greedy decoding then keeps its one token)."""
         processors = []
         if params.constrained:
-            processors.append(FormatLogitsProcessor(self.grammar(), [state_after(r) for r in replies]))
+            states = [state_after(r) for r in replies or [""] * len(row_seeds)]
+            processors.append(FormatLogitsProcessor(self.grammar(), states))
         if not params.greedy:
             processors.append(_RowSampler(row_seeds, params, device))
         return processors
@@ -364,7 +365,7 @@ class LocalBackend(InProcessBackend):
             num_beams=1,
             use_cache=True,  # a checkpoint saved by a trainer may say otherwise (decoding then recomputes everything)
         )
-        processors = self._processors(params, row_seeds, replies or [""] * len(prompts), device)
+        processors = self._processors(params, row_seeds, replies, device)
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         criteria = [self._stop_criterion(params.stop)] if params.stop else []

@@ -142,7 +142,7 @@ def _quantize(source: Path, target: Path, ftype: str) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype)
-    params.nthread = os.cpu_count() or 1
+    params.nthread = len(os.sched_getaffinity(0))
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
         raise RuntimeError(f"llama.cpp could not quantise {source}")
 
