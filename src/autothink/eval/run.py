@@ -40,6 +40,7 @@ from autothink.format import (
 from autothink.inference.backend import Backend, BackendError, SamplingParams
 from autothink.inference.respond import ControlOptions, Reply, respond
 from autothink.inference.spec import make_backend
+from autothink.inference.speculative import speculative_field
 from autothink.models.card import add_eval_table
 from autothink.records.jsonl import load_done, write_jsonl
 from autothink.tasks import SUITES, Task, load_suite, parse_suite
@@ -95,6 +96,7 @@ class EvalConfig(ControlOptions):
         "help": "tokenizer that counts segment tokens (default: the local model's, else the embedded model's)"})
     primer: bool = field(default=False, metadata={"help": "prepend the one-shot format primer (untrained models)"})
     batch_size: int = field(default=16, metadata={"help": "tasks per generate call"})
+    speculative: str = speculative_field()
     verify_workers: int = field(default=0, metadata={"help": "processes that verify answers (0: this process)"})
     seed: int = field(default=0, metadata={"help": "seed of generated suites and of sampling"})
     skip: int = field(default=0, metadata={"help": "agentic suites: tasks to skip first (held-out splits)"})
@@ -158,7 +160,7 @@ def load_suites(config: EvalConfig) -> dict[str, list[Task]]:
 def open_backend(config: EvalConfig) -> Backend:
     """The backend of `config.model`; an HTTP endpoint is probed so that a dead one fails now."""
     if not config.model.startswith(("http://", "https://")):
-        return make_backend(config.model, batch_size=config.batch_size * config.samples)
+        return make_backend(config.model, batch_size=config.batch_size * config.samples, speculative=config.speculative)
     import openai
 
     backend = make_backend(config.model)

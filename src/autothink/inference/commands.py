@@ -17,6 +17,7 @@ from autothink.format import THINKING, install_chat_template
 from autothink.inference.backend import Backend, Conversation, SamplingParams
 from autothink.inference.respond import ControlOptions, Reply, check_controls, respond, respond_stream
 from autothink.inference.spec import make_backend
+from autothink.inference.speculative import speculative_field
 from autothink.records.jsonl import RecordError, read_jsonl, write_jsonl
 from autothink.records.messages import as_messages
 
@@ -37,6 +38,7 @@ class ReplyOptions(ControlOptions):
     seed: int | None = field(default=None, metadata={"help": "sampling seed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps (local models)"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16 (local models)"})
+    speculative: str = speculative_field()
 
     def params(self, n: int = 1) -> SamplingParams:
         return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
@@ -45,7 +47,8 @@ class ReplyOptions(ControlOptions):
     def backend(self) -> Backend:
         """The backend of `model`; a local model gets the `thinking` chat template."""
         local = not self.model.startswith(("http://", "https://"))
-        backend = make_backend(self.model, **({"device": self.device, "dtype": self.dtype} if local else {}))
+        backend = make_backend(self.model, speculative=self.speculative,
+                               **({"device": self.device, "dtype": self.dtype} if local else {}))
         if local:
             install_chat_template(backend.tokenizer)
         return backend

@@ -131,6 +131,18 @@ class FormatGrammar:
             return [self.ids_of[t] for t in EXPECTED[state.where]]
         return None
 
+    def mask(self, state: State, scores: torch.Tensor) -> None:
+        """Set the `[V]` logits of what `state` forbids to -inf, in place (a broken reply: nothing)."""
+        if state.where == BROKEN:
+            return
+        allowed = self.allowed(state)
+        if allowed is not None:
+            keep = scores[allowed].clone()
+            scores[:] = float("-inf")
+            scores[allowed] = keep
+        else:
+            scores[self.banned(state).to(scores.device)] = float("-inf")
+
     def banned(self, state: State) -> torch.Tensor:
         """Ids a segment's text must not continue with: EOS, every tag but its closing one, and tokens
         that would complete a tag spelled in pieces from `state.pending`."""
@@ -167,13 +179,5 @@ class FormatLogitsProcessor(LogitsProcessor):
                     self.states[b] = self.grammar.advance(self.states[b], token)
         self.seen = width
         for b, state in enumerate(self.states):
-            if state.where == BROKEN:
-                continue
-            allowed = self.grammar.allowed(state)
-            if allowed is not None:
-                keep = scores[b, allowed].clone()
-                scores[b] = float("-inf")
-                scores[b, allowed] = keep
-            else:
-                scores[b, self.grammar.banned(state).to(scores.device)] = float("-inf")
+            self.grammar.mask(state, scores[b])
         return scores

@@ -32,6 +32,7 @@ from autothink.inference.backend import (
     check_thinking,
 )
 from autothink.inference.constrained import FormatGrammar, FormatLogitsProcessor, state_after
+from autothink.inference.speculative import SPECULATIVE, DraftStats, mtp_generate
 from autothink.tasks.tool_calls import chat_message
 
 
@@ -318,30 +319,49 @@ class InProcessBackend(Backend):
 
 
 class LocalBackend(InProcessBackend):
-    """Sample from an in-process HF model with `model.generate` (rows left-padded).
+    """Sample from an in-process HF model with `model.generate` (rows left-padded), or with its MTP
+    heads drafting for it (`inference.speculative`: the same tokens, fewer forwards).
 
     Args:
         model: a causal LM (eval mode is set).
         tokenizer: its tokenizer, with a chat template.
         batch_size: rows (conversations × n) per `model.generate` call.
         name: the model name reported by `name` (and by `autothink serve`).
+        heads: the model's `MTPHeads` (`models.mtp.load_mtp`), or None.
+        speculative: "auto" (self-speculative decoding when there are heads and the model's
+            attention is all full, not sliding), "mtp" (required: an error otherwise) or "off".
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None, heads=None,
+                 speculative: str = "auto"):
+        if speculative not in SPECULATIVE:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}; got {speculative!r}")
         self.model = model.eval()
         path = str(getattr(model.config, "_name_or_path", "") or "")
         eos = model.generation_config.eos_token_id
         super().__init__(tokenizer, [eos] if isinstance(eos, int) else list(eos or []), batch_size,
                          name or os.path.basename(path.rstrip("/")) or "local",
                          getattr(model.config, "max_position_embeddings", None))
+        sliding = any(t != "full_attention" for t in getattr(model.config, "layer_types", None) or [])
+        if speculative == "mtp" and (heads is None or sliding):
+            raise ValueError(f"--speculative mtp: {self.name} " + (
+                "has no MTP heads (mtp_heads.safetensors; train them with `autothink distill --mtp_only`)"
+                if heads is None else "has sliding-window attention layers, which speculative decoding lacks"))
+        self.heads = heads.eval() if heads is not None and speculative != "off" and not sliding else None
+        self.draft_stats = DraftStats()  # the heads' acceptance, summed over every call
 
     @classmethod
     def from_pretrained(cls, name_or_path, device: str = "auto", dtype: str = "auto", **kw) -> "LocalBackend":
-        """Load an embedded model name, a model directory or a hub id (see `autothink.models.load_model`)."""
-        from autothink.models import load_model
+        """Load an embedded model name, a model directory or a hub id (see `autothink.models.load_model`);
+        MTP heads saved beside a model directory are loaded too."""
+        from autothink.models import load_model, resolve
+        from autothink.models.mtp import has_mtp, load_mtp
 
         model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
         kw.setdefault("name", os.path.basename(str(name_or_path).rstrip("/")))
+        source = resolve(name_or_path)
+        if kw.get("speculative", "auto") != "off" and os.path.isdir(source) and has_mtp(source):
+            kw.setdefault("heads", load_mtp(source, model).heads)
         return cls(model, tokenizer, **kw)
 
     def _generate_batch(
@@ -356,6 +376,9 @@ class LocalBackend(InProcessBackend):
             if p:
                 ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
                 mask[i, width - len(p):] = 1
+        if self.heads is not None and all(prompts):
+            new = self._speculate(ids.to(device), mask.to(device), params, row_seeds, replies, streamer, cancel)
+            return [self._finish(tokens, params, len(p)) for tokens, p in zip(new.tolist(), prompts)]
         kwargs = dict(
             max_new_tokens=params.max_tokens,
             min_new_tokens=0,
@@ -377,6 +400,20 @@ class LocalBackend(InProcessBackend):
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         new = out[:, width:].tolist()
         return [self._finish(tokens, params, len(p)) for tokens, p in zip(new, prompts)]
+
+    def _speculate(self, ids, mask, params, row_seeds, replies, streamer, cancel) -> torch.Tensor:
+        """`mtp_generate` with this batch's grammar, sampler and stop strings (what `generate` gets as processors)."""
+        grammar = self.grammar() if params.constrained else None
+        states = [state_after(r) for r in replies or [""] * len(row_seeds)] if grammar is not None else None
+        stats = DraftStats()
+        sampler = None if params.greedy else _RowSampler(row_seeds, params, ids.device)
+        new = mtp_generate(
+            self.model, self.heads, ids, mask, params.max_tokens, eos_ids=self.eos_ids, pad_id=self.pad_id,
+            grammar=grammar, states=states, sampler=sampler,
+            stop=self._stop_criterion(params.stop) if params.stop else None, cancel=cancel, streamer=streamer,
+            stats=stats)
+        self.draft_stats.add(stats)
+        return new
 
 
 class _Call:
@@ -411,12 +448,17 @@ class _RowSampler(LogitsProcessor):
         self.generators = [torch.Generator(device=device).manual_seed(_mix(seed)) for seed in row_seeds]
         self.temperature, self.top_p = float(params.temperature), float(params.top_p)
 
-    def __call__(self, input_ids, scores):
+    def probs(self, scores: torch.Tensor) -> torch.Tensor:
+        """The distribution sampled from: softmax at the temperature, cut to the top-p nucleus (unnormalised)."""
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, index = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # the top token always stays
             probs = probs.scatter(-1, index, sorted_probs.masked_fill(outside, 0.0))
+        return probs
+
+    def __call__(self, input_ids, scores):
+        probs = self.probs(scores)
         tokens = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(-1, tokens, 0.0)

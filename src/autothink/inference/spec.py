@@ -14,7 +14,7 @@ def make_backend(spec: str, **options) -> Backend:
     """Build a backend from a string.
 
     - `"local:<model>"` or a bare `<model>` (embedded name, model directory, hub id) → `LocalBackend`;
-      options go to `LocalBackend.from_pretrained` (`device`, `dtype`, `batch_size`).
+      options go to `LocalBackend.from_pretrained` (`device`, `dtype`, `batch_size`, `speculative`).
     - `"http://host:port[/v1][#model-name]"` / `"https://..."` → `HTTPBackend`; options go to it.
     - `"reference:<tasks.jsonl>"` → `ReferenceBackend`: the tasks' own reference solutions.
     - `"llamacpp:<file.gguf>"` or `"llamacpp:<model>"` → `LlamaCppBackend` (a model is exported to
@@ -27,6 +27,9 @@ def make_backend(spec: str, **options) -> Backend:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"backend spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    if local_model(spec) is None or spec.startswith("llamacpp:"):
+        if options.pop("speculative", "auto") != "auto":
+            raise ValueError(f"backend spec {spec!r}: --speculative applies to local models only")
     if spec.startswith("reference:"):
         from autothink.inference.reference import ReferenceBackend
         from autothink.tasks import load_tasks

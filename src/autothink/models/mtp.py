@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,43 +141,78 @@ class MTPHeads(nn.Module):
         Returns:
             D tensors `[B, T, V]`; entry k-1 is head k, whose position i predicts token i+k+1.
         """
-        from transformers.masking_utils import (
-            create_causal_mask,
-            create_sliding_window_causal_mask,
-        )
-
-        backbone = _backbone(base)
-        embed, lm_head = base.get_input_embeddings(), base.get_output_embeddings()
         b, t = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device)[None].expand(b, t)
-        make_mask = create_sliding_window_causal_mask if self.layer_type == "sliding_attention" else create_causal_mask
-        mask = make_mask(
-            config=base.config, inputs_embeds=hidden, attention_mask=attention_mask,
-            past_key_values=None, position_ids=position_ids,
-        )
-        rotary = backbone.rotary_emb
-        if "layer_type" in inspect.signature(rotary.forward).parameters:
-            rope = rotary(hidden, position_ids, self.layer_type)
-        else:
-            rope = rotary(hidden, position_ids)
-        softcap = getattr(base.config, "final_logit_softcapping", None)
+        mask, rope = self._mask_and_rope(base, hidden, attention_mask, position_ids, None)
         out = []
-        for k, head in enumerate(self.heads, start=1):
+        for k in range(1, len(self.heads) + 1):
             # t_{i+k}; the last k positions have no such token (filled with id 0, never scored)
             ahead = torch.cat([input_ids[:, k:], input_ids.new_zeros(b, min(k, t))], dim=1)[:, :t]  # (B, T)
-            x = head.proj(torch.cat([head.norm_emb(embed(ahead)), head.norm_hidden(hidden)], dim=-1))  # (B, T, H)
-            hidden = head.block(
-                x, attention_mask=mask, position_ids=position_ids, position_embeddings=rope,
-                past_key_values=None, use_cache=False,
-            )
-            if isinstance(hidden, tuple):  # older decoder layers return (hidden, ...)
-                hidden = hidden[0]
-            logits = lm_head(backbone.norm(hidden))  # (B, T, V)
-            if softcap is not None:  # Gemma's final logit soft-capping, as in its CausalLM head
-                logits = torch.tanh(logits / softcap) * softcap
-            out.append(logits)
+            hidden = self._block(k, base, ahead, hidden, mask, position_ids, rope, None)
+            out.append(self.logits(base, hidden))  # (B, T, V)
         return out
+
+    def step(
+        self, k: int, base: nn.Module, ahead: torch.Tensor, hidden: torch.Tensor, attention_mask: torch.Tensor,
+        position_ids: torch.Tensor, cache,
+    ) -> torch.Tensor:
+        """Head k (1-based) over new positions, with its own KV cache (incremental decoding).
+
+        Args:
+            ahead: `[B, n]` the token k places ahead of each new position.
+            hidden: `[B, n, H]` the previous depth's output at the new positions (depth 0: the main model's).
+            attention_mask: `[B, cached + n]` (1 = token) over the cached and the new positions.
+            position_ids: `[B, n]` of the new positions.
+            cache: a `transformers.DynamicCache` holding head k's cached positions; the new ones are appended.
+
+        Returns:
+            `[B, n, H]` head k's output (pre-norm) at the new positions; `logits` maps it to the vocabulary.
+        """
+        mask, rope = self._mask_and_rope(base, hidden, attention_mask, position_ids, cache)
+        return self._block(k, base, ahead, hidden, mask, position_ids, rope, cache)
+
+    def logits(self, base: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The base model's final norm and output head over a head's output (Gemma's soft-capping included)."""
+        logits = base.get_output_embeddings()(_backbone(base).norm(hidden))
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        if softcap is not None:  # as in Gemma's CausalLM head
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    def _mask_and_rope(self, base, hidden, attention_mask, position_ids, cache):
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        make_mask = create_sliding_window_causal_mask if self.layer_type == "sliding_attention" else create_causal_mask
+        # the heads' caches hold only their block's layer: size the mask against it
+        extra = {"layer_idx": self.config.block_layer_idx} if cache is not None else {}
+        mask = make_mask(config=base.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                         past_key_values=cache, position_ids=position_ids, **extra)
+        rotary = _backbone(base).rotary_emb
+        if "layer_type" in inspect.signature(rotary.forward).parameters:
+            return mask, rotary(hidden, position_ids, self.layer_type)
+        return mask, rotary(hidden, position_ids)
+
+    def _block(self, k, base, ahead, hidden, mask, position_ids, rope, cache) -> torch.Tensor:
+        head = self.heads[k - 1]
+        x = head.proj(torch.cat([head.norm_emb(base.get_input_embeddings()(ahead)), head.norm_hidden(hidden)], dim=-1))
+        out = head.block(x, attention_mask=mask, position_ids=position_ids, position_embeddings=rope,
+                         past_key_values=cache, use_cache=cache is not None)
+        return out[0] if isinstance(out, tuple) else out  # older decoder layers return (hidden, ...)
+
+
+@contextmanager
+def last_layer_output(base: nn.Module):
+    """Collect the last decoder layer's output (the hidden state before the final norm) of each
+    forward of `base` run inside the block: `with last_layer_output(model) as hidden: model(...)`."""
+    captured: list[torch.Tensor] = []
+    last = _backbone(base).layers[base.config.num_hidden_layers - 1]
+    hook = last.register_forward_hook(
+        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
+    try:
+        yield captured
+    finally:
+        hook.remove()
 
 
 @dataclass
@@ -222,15 +258,10 @@ class MTPModel(nn.Module):
                             labels=labels, **kwargs)
             return MTPOutput(logits=out.logits, loss=out.loss, lm_loss=out.loss)
         kwargs.setdefault("use_cache", False)
-        captured = []
-        last = _backbone(self.base).layers[self.base.config.num_hidden_layers - 1]
-        hook = last.register_forward_hook(lambda module, args, output: captured.append(output))
-        try:
+        with last_layer_output(self.base) as captured:
             out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             labels=labels, **kwargs)
-        finally:
-            hook.remove()
-        hidden = captured[-1][0] if isinstance(captured[-1], tuple) else captured[-1]  # (B, T, H)
+        hidden = captured[-1]  # (B, T, H)
         mtp_logits = self.heads(self.base, input_ids, hidden, attention_mask, position_ids)
         if labels is None:
             return MTPOutput(logits=out.logits, mtp_logits=mtp_logits)

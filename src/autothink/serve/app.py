@@ -66,6 +66,7 @@ from autothink.format import install_chat_template
 from autothink.inference.backend import Backend, SamplingParams
 from autothink.inference.respond import ControlOptions, ReasoningSplitter, Reply
 from autothink.inference.spec import make_backend
+from autothink.inference.speculative import speculative_field
 from autothink.serve.protocol import (
     DEFAULT_MAX_TOKENS,
     APIError,
@@ -154,6 +155,7 @@ class ServeConfig(ControlOptions):
     port: int = field(default=8000, metadata={"help": "port to listen on"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    speculative: str = speculative_field()
     max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata={
         "help": "requests waiting at most; more get HTTP 429"})
     max_batch: int = field(default=DEFAULT_MAX_BATCH, metadata={
@@ -420,7 +422,7 @@ def running_server(app_or_backend: FastAPI | Backend, host: str = "127.0.0.1", p
 
 def run_serve(config: ServeConfig) -> None:
     """Load `config.model` and serve it until interrupted."""
-    backend = make_backend(config.model, device=config.device, dtype=config.dtype)
+    backend = make_backend(config.model, device=config.device, dtype=config.dtype, speculative=config.speculative)
     install_chat_template(backend.tokenizer)
     try:
         ensure_tool_template(backend.tokenizer)  # a ChatML model without tool support gets the Hermes format

@@ -17,6 +17,10 @@ Loss (`algorithms.uld.mtp_distill_loss`): w_ce·CE + w_uld·ULD for the main hea
 that predicts the same future token. Rows are paired by byte offsets (`alignment: bytes`) or in
 order (`alignment: position`, the ULD paper).
 
+`--mtp_only` gives a model that has no heads (or weak ones) heads worth drafting with: the
+student is frozen and only the heads learn, by CE on the student's own greedy replies to the
+prompts of `--data`, which is the text they draft at inference (`inference.speculative`).
+
 Training is the HF `Trainer` (checkpoints, `resume_from_checkpoint` — by default the rerun of a
 killed command resumes from its last checkpoint —, `report_to`, `torchrun` / `accelerate
 launch`); the output dir gets the student (a plain checkpoint that
@@ -25,6 +29,7 @@ launch`); the output dir gets the student (a plain checkpoint that
 
     autothink distill --student smollm2-135m-instruct --teacher gemma-3-270m --data runs/data/stage1.jsonl
     autothink distill --precompute --teacher big-model-dir --data stage1.jsonl --teacher_logprobs runs/teacher
+    autothink distill --mtp_only --student runs/rl --data prompts.jsonl --output_dir runs/rl-mtp   # heads only
     torchrun --nproc_per_node 8 $(which autothink) distill --config distill.yaml   # DDP (CPU: --use_cpu true)
 """
 from __future__ import annotations
@@ -92,6 +97,10 @@ class DistillConfig(TrainerDefaults, TrainingArguments):
     add_tokens: bool = field(default=True, metadata={"help": "add the AutoThink tokens to the student"})
     precompute: bool = field(default=False,
                              metadata={"help": "only write teacher top-k log-probs to --teacher_logprobs"})
+    mtp_only: bool = field(default=False, metadata={
+        "help": "freeze the student and train only its MTP heads, on its own greedy replies to the prompts of "
+                "--data (any JSONL of prompt/messages): heads for self-speculative decoding"})
+    reply_tokens: int = field(default=256, metadata={"help": "--mtp_only: tokens per generated reply"})
     # TrainingArguments fields whose defaults differ here
     output_dir: str | None = field(default="runs/distill", metadata={"help": "checkpoints and the final student"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep False: the collator needs every field"})
@@ -103,6 +112,12 @@ class DistillConfig(TrainerDefaults, TrainingArguments):
             raise ValueError("need mtp_heads >= 0, temperature > 0, top_k >= 0 and max_length >= 2")
         if self.alignment not in ("bytes", "position"):
             raise ValueError(f"alignment must be 'bytes' or 'position'; got {self.alignment!r}")
+        if self.mtp_only and (self.mtp_heads < 1 or self.teacher or self.teacher_on or self.teacher_off
+                              or self.teacher_logprobs or self.precompute):
+            raise ValueError("--mtp_only trains MTP heads (--mtp_heads >= 1) on the student's own replies: "
+                             "it takes no teacher, --teacher_logprobs or --precompute")
+        if self.reply_tokens < 1:
+            raise ValueError(f"--reply_tokens must be >= 1, got {self.reply_tokens}")
 
     def teachers(self) -> dict[str, str | None]:
         return {"on": self.teacher_on or self.teacher, "off": self.teacher_off or self.teacher}
@@ -230,6 +245,52 @@ def build_dataset(config: DistillConfig, tokenizer, teacher_tokenizers: dict[str
     if not features:
         raise ValueError(f"{config.data}: no usable rows (max_length={config.max_length})")
     return DistillDataset(features, store, skipped)
+
+
+REPLIES_FILE = "own_replies.jsonl"
+
+
+def own_replies(config: DistillConfig, model, tokenizer) -> DistillDataset:
+    """`--mtp_only` data: the model's greedy replies to the prompts of `config.data` (its default
+    mode, `reply_tokens` at most): the prompt's tokens as the backend feeds them and the reply's
+    text tokenized again (EOS appended when the model ended it), labels on the reply. The replies
+    are kept in `output_dir/own_replies.jsonl`, written after each batch: a rerun (a resume)
+    trains on the same ones and generates only those missing or whose prompt changed.
+    """
+    from autothink.inference.backend import SamplingParams
+    from autothink.inference.commands import read_conversations
+    from autothink.inference.local import LocalBackend
+    from autothink.records.jsonl import read_jsonl, write_jsonl
+
+    conversations = read_conversations(config.data)[: config.n]
+    if not conversations:
+        raise ValueError(f"{config.data}: no prompts")
+    path = Path(config.output_dir, REPLIES_FILE)
+    backend = LocalBackend(model, tokenizer, batch_size=16, speculative="off")
+    prompts = dict(zip([key for key, _ in conversations], backend._encode([c for _, c in conversations], None)))
+    done = {r["id"]: r for _, r in read_jsonl(path)} if path.exists() else {}
+    done = {key: r for key, r in done.items() if prompts.get(key) == r["prompt_ids"]}
+    todo = [(key, c) for key, c in conversations if key not in done]
+    params = SamplingParams(temperature=0.0, max_tokens=config.reply_tokens)
+    for lo in range(0, len(todo), 16):
+        chunk = todo[lo: lo + 16]
+        for (key, _), [reply] in zip(chunk, backend.generate([c for _, c in chunk], params)):
+            prompt = prompts[key]
+            ids = tokenizer(reply.text, add_special_tokens=False)["input_ids"]
+            if reply.finish_reason == "stop" and reply.stop_reason is None:
+                ids.append(backend.eos_ids[0])
+            done[key] = {"id": key, "prompt_ids": prompt, "reply_ids": ids, "text": reply.text}
+        write_jsonl(path, done.values())
+        print(f"distill --mtp_only: {len(done)}/{len(conversations)} replies -> {path}")
+    features = []
+    for key, _ in conversations:
+        prompt, reply = done[key]["prompt_ids"], done[key]["reply_ids"]
+        ids = (prompt + reply)[: config.max_length]
+        if len(ids) > len(prompt):
+            features.append({"input_ids": ids, "labels": [IGNORE_INDEX] * len(prompt) + ids[len(prompt):]})
+    if not features:
+        raise ValueError(f"{config.data}: no reply fits in max_length={config.max_length}")
+    return DistillDataset(features)
 
 
 def _pad(seqs: list, value, dtype=torch.long) -> torch.Tensor:
@@ -403,9 +464,13 @@ class DistillStudent(MTPModel):
 def build_student(config: DistillConfig):
     """`(model, tokenizer)`: the student (`models.load_student`), wrapped in `MTPModel` when D > 0
     (its saved heads are loaded when the student dir has them)."""
-    base, tokenizer = load_student(config.student, seed=config.seed, add_tokens=config.add_tokens)
+    # --mtp_only keeps the student exactly as it is: no new tokens
+    add_tokens = config.add_tokens and not config.mtp_only
+    base, tokenizer = load_student(config.student, seed=config.seed, add_tokens=add_tokens)
     if not config.mtp_heads:
         return base, tokenizer
+    if config.mtp_only:
+        base.requires_grad_(False)  # the optimizer then holds the heads alone
     source = resolve(config.student)
     if has_mtp(source):
         model = load_mtp(source, base)
@@ -434,14 +499,18 @@ def build_trainer(config: DistillConfig, callbacks: list | None = None) -> Disti
     """The student, the teachers (or the store), the dataset and the trainer; nothing trained yet."""
     model, tokenizer = build_student(config)
     store, teachers, teacher_tokenizers = None, [], {}
-    if config.w_uld and config.teacher_logprobs:
-        store = TeacherStore(config.teacher_logprobs)
-        if store.meta["temperature"] != config.temperature:
-            raise ValueError(f"{store.dir} holds teacher log-probs at temperature {store.meta['temperature']}, "
-                             f"config asks for {config.temperature}")
-    elif config.w_uld:
-        teachers, teacher_tokenizers = _live_teachers(config, {r["regime"] for r in load_stage1(config.data, config.n)})
-    dataset = build_dataset(config, tokenizer, teacher_tokenizers, store)
+    if config.mtp_only:
+        dataset = own_replies(config, model.base, tokenizer)
+    else:
+        if config.w_uld and config.teacher_logprobs:
+            store = TeacherStore(config.teacher_logprobs)
+            if store.meta["temperature"] != config.temperature:
+                raise ValueError(f"{store.dir} holds teacher log-probs at temperature {store.meta['temperature']}, "
+                                 f"config asks for {config.temperature}")
+        elif config.w_uld:
+            regimes = {r["regime"] for r in load_stage1(config.data, config.n)}
+            teachers, teacher_tokenizers = _live_teachers(config, regimes)
+        dataset = build_dataset(config, tokenizer, teacher_tokenizers, store)
     return DistillTrainer(model=model, args=config, train_dataset=dataset,
                           data_collator=DistillCollator(tokenizer.pad_token_id),
                           processing_class=tokenizer, teachers=teachers, callbacks=callbacks)
@@ -465,7 +534,8 @@ def run_distill(config: DistillConfig, callbacks: list | None = None) -> dict:
         Path(config.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         teachers = {r: t for r, t in config.teachers().items() if t}
         write_model_card(config.output_dir, config.student, "distill", {
-            "stage": "stage-1 distillation (ULD + MTP heads)", "data": config.data, "samples": metrics["samples"],
+            "stage": "MTP heads on the model's own replies (base frozen)" if config.mtp_only
+            else "stage-1 distillation (ULD + MTP heads)", "data": config.data, "samples": metrics["samples"],
             "teachers": ", ".join(f"think-{r}: {t}" for r, t in teachers.items()) or config.teacher_logprobs,
             "MTP heads": config.mtp_heads, "steps": trainer.state.global_step,
             "learning rate": config.learning_rate})
