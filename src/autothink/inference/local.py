@@ -346,7 +346,7 @@ class LocalBackend(InProcessBackend):
         if speculative == "mtp" and (heads is None or sliding):
             raise ValueError(f"--speculative mtp: {self.name} " + (
                 "has no MTP heads (mtp_heads.safetensors; train them with `autothink distill --mtp_only`)"
-                if heads is None else "has sliding-window attention layers, which speculative decoding lacks"))
+                if heads is None else "has sliding-window layers; speculative decoding needs full attention"))
         self.heads = heads.eval() if heads is not None and speculative != "off" and not sliding else None
         self.draft_stats = DraftStats()  # the heads' acceptance, summed over every call
 
