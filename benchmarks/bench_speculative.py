@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -54,6 +55,10 @@ def train_heads(model: str, heads: int, out: Path, count: int, steps: int) -> Pa
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
                             for i, p in enumerate(prompts(count, held_out=False))))
+    done = sorted(out.parent.glob("heads-*/own_replies.jsonl"))
+    if done and not (out / "own_replies.jsonl").exists():  # the same model's replies: generate them once
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(done[0], out / "own_replies.jsonl")
     start = time.perf_counter()
     code = autothink(["distill", "--mtp_only", "--student", model, "--data", str(data), "--output_dir", str(out),
                       "--mtp_heads", str(heads), "--reply_tokens", "128", "--max_steps", str(steps),

@@ -35,6 +35,10 @@ from transformers import DynamicCache
 from autothink.models.mtp import MTPHeads, last_layer_output
 
 SPECULATIVE = ("auto", "mtp", "off")  # the `--speculative` choices of a local model
+# MKL's fp32 GEMM takes 2 or 3 rows as that many matrix-vector products (2-3x one row's time) but 4
+# rows in about 1.2x (BENCHMARKS.md, "Self-speculative decoding"): on a CPU the verify forward of a
+# short draft gets masked filler columns up to 4 rows.
+CPU_MIN_ROWS = 4
 
 
 def speculative_field():
@@ -162,6 +166,7 @@ def mtp_generate(
     stats = stats if stats is not None else DraftStats()
     stats.drafted, stats.accepted = [0] * depth, [0] * depth
     probs = sampler.probs if sampler is not None else None
+    logits_width = model.get_output_embeddings().weight.shape[0]
     seq, mask = input_ids, attention_mask.long()
     cache, head_caches = DynamicCache(config=model.config), [DynamicCache() for _ in range(depth)]
     valid = [0] * depth  # head k's cache is right for columns < valid[k-1]
@@ -233,13 +238,16 @@ def mtp_generate(
             if k < depth:
                 old_lo, old = streams[k] if k < len(streams) else (start, h[:, :0])
                 new_streams.append((old_lo, torch.cat([old[:, : start - old_lo], h], dim=1)))
-            logits = heads.logits(model, h[torch.arange(b, device=device), last - start])  # (B, V)
+            logits, ids = heads.draft_logits(model, h[torch.arange(b, device=device), last - start])  # (B, V')
             if probs is None:
                 d = logits.argmax(-1)
             else:
                 q = probs(logits.float())
-                draft_probs.append(q)
                 d = torch.stack([torch.multinomial(q[r], 1, generator=sampler.generators[r]) for r in range(b)])[:, 0]
+                if ids is not None:  # q over the whole vocabulary: zero outside the draft ids
+                    q = q.new_zeros(b, logits_width).index_copy_(1, ids, q)
+                draft_probs.append(q)
+            d = d if ids is None else ids[d]
             drafts.append(d)
             ext_tokens = torch.cat([ext_tokens, d[:, None]], dim=1)
             ext_mask = torch.cat([ext_mask, mask.new_ones(b, 1)], dim=1)
@@ -248,11 +256,13 @@ def mtp_generate(
         # --- verify: one forward over the pending token and the drafts still needed
         room = max(max_new_tokens - len(out[r]) for r in range(b) if not done[r])
         j = min(depth, room - 1)
-        verify_mask = ext_mask[:, : t + j]
+        filler = max(0, -(-CPU_MIN_ROWS // b) - (j + 1)) if device.type == "cpu" else 0
+        verify_mask = torch.cat([ext_mask[:, : t + j], mask.new_zeros(b, filler)], dim=1)
+        verify_ids = torch.cat([ext_tokens[:, t - 1: t + j], seq.new_full((b, filler), pad_id)], dim=1)
         with last_layer_output(model) as captured:
-            logits = model(input_ids=ext_tokens[:, t - 1: t + j], attention_mask=verify_mask,
+            logits = model(input_ids=verify_ids, attention_mask=verify_mask,
                            position_ids=_positions(verify_mask)[:, t - 1:], past_key_values=cache,
-                           use_cache=True).logits  # (B, j+1, V)
+                           use_cache=True).logits[:, : j + 1]  # (B, j+1, V)
         stats.steps += 1
         accepted, nexts = [], []
         q_all = torch.stack(draft_probs[:j], dim=1) if probs is not None and j else None  # (B, j, V)
@@ -287,8 +297,8 @@ def mtp_generate(
                 stats.tokens += len(kept)
                 if streamer is not None and kept:
                     streamer.put(torch.tensor(kept))
-        if j > most:
-            cache.crop(most - j)
+        if j + filler > most:
+            cache.crop(most - j - filler)
         # keep what the next step reads: the model's outputs of the columns it just read, and each
         # head's outputs from where the next head starts
         streams = [(t - 1, captured[-1][:, : most + 1])]

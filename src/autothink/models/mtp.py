@@ -45,12 +45,16 @@ class MTPConfig:
             with `init="copy"`, whose weights they start from. None = the last full-attention
             layer (the last layer when the config has no layer types).
         init: "copy" (blocks start as a copy of that layer, a warm start) or "random".
+        draft_vocab: 0, or how many token ids the heads draft among in speculative decoding (the
+            ids are `MTPHeads.draft_ids`, set by `set_draft_vocab`); training always scores the
+            whole vocabulary.
     """
 
     num_heads: int = 1
     loss_weight: float = 0.3
     block_layer_idx: int | None = None
     init: str = "copy"
+    draft_vocab: int = 0
 
 
 def _backbone(base: nn.Module) -> nn.Module:
@@ -115,6 +119,9 @@ class MTPHeads(nn.Module):
         self.layer_type = types[idx]
         layer_cls, norm_cls = type(backbone.layers[0]), type(backbone.norm)
         self.heads = nn.ModuleList(MTPHead(norm_cls, layer_cls, cfg, idx) for _ in range(config.num_heads))
+        ids = torch.zeros(config.draft_vocab, dtype=torch.long) if config.draft_vocab else None
+        self.register_buffer("draft_ids", ids)  # None: draft over the whole vocabulary
+        self._draft_head = None  # (key, weight rows, bias rows) of draft_ids, cut once
         param = next(base.parameters())
         self.to(device=param.device, dtype=param.dtype)
         if config.init == "copy":
@@ -179,6 +186,31 @@ class MTPHeads(nn.Module):
         if softcap is not None:  # as in Gemma's CausalLM head
             logits = torch.tanh(logits / softcap) * softcap
         return logits
+
+    def set_draft_vocab(self, ids: torch.Tensor | None) -> None:
+        """Draft among these token ids only (None: the whole vocabulary). On a CPU the output head
+        over a 49k-256k vocabulary is most of a draft's cost; the model's own replies use a few
+        thousand tokens. Any draft set keeps speculative decoding exact."""
+        device = next(self.parameters()).device
+        self.draft_ids = None if ids is None else torch.as_tensor(ids, dtype=torch.long).to(device)
+        self.config.draft_vocab = 0 if ids is None else len(self.draft_ids)
+        self._draft_head = None
+
+    def draft_logits(self, base: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(logits, ids)`: a head's logits over the draft vocabulary and its token ids (None = all)."""
+        if self.draft_ids is None:
+            return self.logits(base, hidden), None
+        head = base.get_output_embeddings()
+        key = (head.weight.data_ptr(), head.weight._version, self.draft_ids.data_ptr())
+        if self._draft_head is None or self._draft_head[0] != key:
+            bias = None if getattr(head, "bias", None) is None else head.bias[self.draft_ids]
+            self._draft_head = (key, head.weight[self.draft_ids].detach(), bias)
+        _, weight, bias = self._draft_head
+        logits = torch.nn.functional.linear(_backbone(base).norm(hidden), weight, bias)
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits, self.draft_ids
 
     def _mask_and_rope(self, base, hidden, attention_mask, position_ids, cache):
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -313,6 +345,7 @@ def load_mtp(directory: str | Path, base: nn.Module) -> MTPModel:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{directory / CONFIG_FILE}: unknown format {meta.get('format')!r}; expected {FORMAT!r}")
     fields = {k: meta[k] for k in ("num_heads", "loss_weight", "block_layer_idx")}
+    fields["draft_vocab"] = meta.get("draft_vocab", 0)
     heads = MTPHeads(base, MTPConfig(**fields, init="random"))
     state = load_file(str(directory / HEADS_FILE))
     try:

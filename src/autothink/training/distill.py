@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -101,6 +101,9 @@ class DistillConfig(TrainerDefaults, TrainingArguments):
         "help": "freeze the student and train only its MTP heads, on its own greedy replies to the prompts of "
                 "--data (any JSONL of prompt/messages): heads for self-speculative decoding"})
     reply_tokens: int = field(default=256, metadata={"help": "--mtp_only: tokens per generated reply"})
+    draft_vocab: int = field(default=8192, metadata={
+        "help": "--mtp_only: the heads draft among the N tokens most frequent in the replies (0: the whole "
+                "vocabulary); on a CPU the output head is most of a draft's cost"})
     # TrainingArguments fields whose defaults differ here
     output_dir: str | None = field(default="runs/distill", metadata={"help": "checkpoints and the final student"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep False: the collator needs every field"})
@@ -116,8 +119,9 @@ class DistillConfig(TrainerDefaults, TrainingArguments):
                               or self.teacher_logprobs or self.precompute):
             raise ValueError("--mtp_only trains MTP heads (--mtp_heads >= 1) on the student's own replies: "
                              "it takes no teacher, --teacher_logprobs or --precompute")
-        if self.reply_tokens < 1:
-            raise ValueError(f"--reply_tokens must be >= 1, got {self.reply_tokens}")
+        if self.reply_tokens < 1 or self.draft_vocab < 0:
+            raise ValueError(f"need --reply_tokens >= 1 and --draft_vocab >= 0; got {self.reply_tokens}, "
+                             f"{self.draft_vocab}")
 
     def teachers(self) -> dict[str, str | None]:
         return {"on": self.teacher_on or self.teacher, "off": self.teacher_off or self.teacher}
@@ -501,6 +505,10 @@ def build_trainer(config: DistillConfig, callbacks: list | None = None) -> Disti
     store, teachers, teacher_tokenizers = None, [], {}
     if config.mtp_only:
         dataset = own_replies(config, model.base, tokenizer)
+        if config.draft_vocab:
+            counts = Counter(t for f in dataset.features for t, y in zip(f["input_ids"], f["labels"])
+                             if y != IGNORE_INDEX)
+            model.heads.set_draft_vocab(sorted(t for t, _ in counts.most_common(config.draft_vocab)))
     else:
         if config.w_uld and config.teacher_logprobs:
             store = TeacherStore(config.teacher_logprobs)
