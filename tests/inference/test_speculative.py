@@ -78,10 +78,11 @@ def greedy_reference(model, ids, mask, n):
     return out[:, ids.shape[1]:]
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_greedy_with_random_heads_is_token_for_token_generate(toy, depth):
+@pytest.mark.parametrize("depth, draft_vocab", [(1, None), (2, None), (3, None), (2, range(0, 50, 3))])
+def test_greedy_with_random_heads_is_token_for_token_generate(toy, depth, draft_vocab):
     torch.manual_seed(depth)
     heads = MTPHeads(toy, MTPConfig(num_heads=depth, init="random")).eval()
+    heads.set_draft_vocab(None if draft_vocab is None else list(draft_vocab))
     ids, mask = left_padded(50, [7, 4, 1, 6])
     stats = DraftStats()
     got = mtp_generate(toy, heads, ids, mask, 40, eos_ids=[1], pad_id=0, stats=stats)
@@ -97,6 +98,18 @@ def test_greedy_with_trained_heads_is_token_for_token_generate_and_saves_forward
         assert torch.equal(got, greedy_reference(toy, ids[rows], mask[rows], 60))
         assert stats.acceptance()[0] > 0.6, stats
         assert stats.steps < 0.75 * got.shape[1]  # fewer model forwards than tokens
+
+
+def test_draft_logits_are_the_output_heads_rows_of_the_draft_vocabulary(toy):
+    heads = MTPHeads(toy, MTPConfig(num_heads=1))
+    hidden = torch.randn(3, 32)
+    full = heads.logits(toy, hidden)
+    heads.set_draft_vocab([4, 9, 17])
+    logits, ids = heads.draft_logits(toy, hidden)
+    torch.testing.assert_close(logits, full[:, [4, 9, 17]])
+    assert ids.tolist() == [4, 9, 17] and heads.config.draft_vocab == 3
+    heads.set_draft_vocab(None)
+    assert heads.draft_logits(toy, hidden)[1] is None
 
 
 def exact_distribution(model, prompt, sampler, n):
@@ -130,12 +143,13 @@ def chi_square(counts: Counter, expected: dict, total: int) -> tuple[float, int,
     return stat, cells - 1, impossible
 
 
-@pytest.mark.parametrize("top_p", [1.0, 0.9])
-def test_sampling_draws_exactly_from_the_models_distribution(monkeypatch, top_p):
+@pytest.mark.parametrize("top_p, draft_vocab", [(1.0, None), (0.9, None), (1.0, [0, 2, 3])])
+def test_sampling_draws_exactly_from_the_models_distribution(monkeypatch, top_p, draft_vocab):
     vocab, total = 6, 12000
     model = toy_model(vocab, seed=3, sharpen=6.0)
     torch.manual_seed(4)
     heads = MTPHeads(model, MTPConfig(num_heads=2, init="random")).eval()
+    heads.set_draft_vocab(draft_vocab)  # drafts among some tokens only: q is zero on the others
     prompt = torch.tensor([2, 5, 3])
     params = SamplingParams(temperature=1.0, top_p=top_p, max_tokens=3, seed=0)
     sampler = _RowSampler([(0, r) for r in range(total)], params, "cpu")
@@ -189,6 +203,9 @@ def test_mtp_only_trains_the_heads_alone_on_the_models_own_replies(mtp_dir, tmp_
     for (name, x), (_, y) in zip(before.named_parameters(), after.base.named_parameters()):
         assert torch.equal(x, y), name  # the model itself is untouched
     assert after.mtp_config.num_heads == 2
+    reply_tokens = {t for line in (out / "own_replies.jsonl").read_text().splitlines()
+                    for t in json.loads(line)["reply_ids"]}
+    assert set(after.heads.draft_ids.tolist()) == reply_tokens  # fewer distinct tokens than --draft_vocab
     replies = [json.loads(line) for line in (out / "own_replies.jsonl").read_text().splitlines()]
     assert [r["id"] for r in replies] == [f"p{i}" for i in range(len(PROMPTS))]
     plain = LocalBackend.from_pretrained(student, device="cpu")
