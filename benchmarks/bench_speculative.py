@@ -86,13 +86,15 @@ def main() -> None:
     parser.add_argument("--train_prompts", type=int, default=96)
     parser.add_argument("--steps", type=int, default=150, help="--mtp_only training steps")
     parser.add_argument("--output_dir", default="runs/bench_speculative")
+    parser.add_argument("--split", choices=["held_out", "train"], default="held_out",
+                        help="train: prompts whose replies the heads were fitted to (an upper bound)")
     args = parser.parse_args()
     root = Path(args.output_dir) / Path(args.model.rstrip("/")).name
     dirs = {k: train_heads(args.model, k, root / f"heads-{k}", args.train_prompts, args.steps) for k in args.heads}
     torch.manual_seed(0)
     plain = LocalBackend.from_pretrained(args.model, device="cpu", batch_size=8)
     fast = {k: LocalBackend.from_pretrained(d, device="cpu", batch_size=8, speculative="mtp") for k, d in dirs.items()}
-    conversations = [[{"role": "user", "content": p}] for p in prompts(args.prompts, held_out=True)]
+    conversations = [[{"role": "user", "content": p}] for p in prompts(args.prompts, args.split == "held_out")]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     variants = {"plain": plain, **{f"mtp-{k}": b for k, b in fast.items()}}
     times = {(name, mode): [] for name in variants for mode in ("single", "batch8")}
@@ -115,12 +117,12 @@ def main() -> None:
                 if name != "plain":
                     stats[name][mode].add(backend.draft_stats)
         print(f"round {r + 1}: " + ", ".join(f"{n}/{m} {times[n, m][-1]:.1f}s" for n, m in times))
-    print(f"\nmodel {args.model}; {args.prompts} held-out prompts x {args.max_tokens} tokens, greedy, "
+    print(f"\nmodel {args.model}; {args.prompts} {args.split} prompts x {args.max_tokens} tokens, greedy, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds\n")
     print("| variant | mode | tokens | tok/s (median) | ratio to plain (median; per round) | same text as plain "
-          "| acceptance per head | tokens per model forward and row |")
+          "| acceptance per head | tokens per model forward (single stream) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    calls = {"single": args.prompts, "batch8": 1}  # prefills per round
+    calls = {"single": args.prompts, "batch8": 1}  # prefill forwards per round
     for name in variants:
         for mode in ("single", "batch8"):
             ts, base = times[name, mode], times["plain", mode]
@@ -128,11 +130,11 @@ def main() -> None:
             same = sum(a == b for a, b in zip(replies[name, mode], replies["plain", mode]))
             s = stats.get(name, {}).get(mode)
             acc = ", ".join(f"{a:.2f}" for a in s.acceptance()) if s else "-"
-            rows = 1 if mode == "single" else args.prompts
-            forwards = (s.steps + calls[mode] * args.rounds) * rows if s else None
+            forwards = s.steps + calls[mode] * args.rounds if s else None
+            per_forward = f"{s.tokens / forwards:.2f}" if s and mode == "single" else "1.00" if not s else "-"
             print(f"| {name} | {mode} | {tokens[name, mode]} | {tokens[name, mode] / statistics.median(ts):.1f} "
                   f"| {statistics.median(ratios):.2f}x; {', '.join(f'{x:.2f}' for x in ratios)} "
-                  f"| {same}/{len(conversations)} | {acc} | {f'{s.tokens / forwards:.2f}' if s else '1.00'} |")
+                  f"| {same}/{len(conversations)} | {acc} | {per_forward} |")
 
 if __name__ == "__main__":
     main()

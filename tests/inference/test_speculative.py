@@ -237,7 +237,7 @@ CONVERSATIONS = [[{"role": "user", "content": p}] for p in PROMPTS[:3] + ["Somet
 ], ids=["greedy", "stop-strings", "constrained"])
 def test_local_backend_drafts_with_saved_heads_and_writes_what_plain_decoding_writes(mtp_dir, params):
     _, out, _, _ = mtp_dir
-    fast = LocalBackend.from_pretrained(out, device="cpu", batch_size=4)
+    fast = LocalBackend.from_pretrained(out, device="cpu", batch_size=4, speculative="mtp")
     plain = LocalBackend.from_pretrained(out, device="cpu", speculative="off")
     assert fast.heads is not None and plain.heads is None
     for thinking in (None, "on"):
@@ -248,7 +248,7 @@ def test_local_backend_drafts_with_saved_heads_and_writes_what_plain_decoding_wr
 
 def test_heads_from_mtp_only_draft_the_replies_they_were_trained_on(mtp_dir):
     _, out, _, _ = mtp_dir
-    fast = LocalBackend.from_pretrained(out, device="cpu")
+    fast = LocalBackend.from_pretrained(out, device="cpu", speculative="mtp")
     fast.generate(CONVERSATIONS[:3], SamplingParams(temperature=0.0, max_tokens=32))
     assert min(fast.draft_stats.acceptance()) > 0.6, fast.draft_stats
     assert fast.draft_stats.steps < 0.5 * fast.draft_stats.tokens  # about 3 tokens per forward of the model
@@ -256,7 +256,7 @@ def test_heads_from_mtp_only_draft_the_replies_they_were_trained_on(mtp_dir):
 
 def test_streaming_sampling_and_cancel_with_heads(mtp_dir):
     _, out, _, _ = mtp_dir
-    fast = LocalBackend.from_pretrained(out, device="cpu")
+    fast = LocalBackend.from_pretrained(out, device="cpu", speculative="mtp")
     conversation, greedy = CONVERSATIONS[0], SamplingParams(temperature=0.0, max_tokens=32)
     *pieces, done = fast.stream(conversation, greedy)
     [[want]] = LocalBackend.from_pretrained(out, device="cpu", speculative="off").generate([conversation], greedy)
@@ -284,6 +284,11 @@ def test_speculative_choices_are_checked(mtp_dir, tiny):
     assert LocalBackend(gemma, tiny[1], heads=heads).heads is None  # auto: plain decoding
     with pytest.raises(ValueError, match="local models only"):
         make_backend("http://localhost:1/v1", speculative="mtp")
+    auto = LocalBackend.from_pretrained(out, device="cpu")  # auto: heads for one row, plain for batches
+    auto.generate(CONVERSATIONS[:2], SamplingParams(temperature=0.0, max_tokens=8))
+    assert auto.draft_stats.steps == 0
+    auto.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=8))
+    assert auto.draft_stats.steps > 0
 
 
 def test_generate_command_with_and_without_heads(mtp_dir, capsys):

@@ -328,8 +328,10 @@ class LocalBackend(InProcessBackend):
         batch_size: rows (conversations × n) per `model.generate` call.
         name: the model name reported by `name` (and by `autothink serve`).
         heads: the model's `MTPHeads` (`models.mtp.load_mtp`), or None.
-        speculative: "auto" (self-speculative decoding when there are heads and the model's
-            attention is all full, not sliding), "mtp" (required: an error otherwise) or "off".
+        speculative: "auto" (self-speculative decoding of single-row batches when there are heads
+            and the model's attention is all full, not sliding; batched rows verify at a cost that
+            made them slower in every measurement, BENCHMARKS.md), "mtp" (every batch; an error
+            without heads) or "off".
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None, heads=None,
@@ -348,6 +350,7 @@ class LocalBackend(InProcessBackend):
                 "has no MTP heads (mtp_heads.safetensors; train them with `autothink distill --mtp_only`)"
                 if heads is None else "has sliding-window layers; speculative decoding needs full attention"))
         self.heads = heads.eval() if heads is not None and speculative != "off" and not sliding else None
+        self.speculative = speculative
         self.draft_stats = DraftStats()  # the heads' acceptance, summed over every call
 
     @classmethod
@@ -376,7 +379,7 @@ class LocalBackend(InProcessBackend):
             if p:
                 ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
                 mask[i, width - len(p):] = 1
-        if self.heads is not None and all(prompts):
+        if self.heads is not None and all(prompts) and (self.speculative == "mtp" or len(prompts) == 1):
             new = self._speculate(ids.to(device), mask.to(device), params, row_seeds, replies, streamer, cancel)
             return [self._finish(tokens, params, len(p)) for tokens, p in zip(new.tolist(), prompts)]
         kwargs = dict(

@@ -44,8 +44,9 @@ CPU_MIN_ROWS = 4
 def speculative_field():
     """The `--speculative` option of the commands that decode with a local model."""
     return field(default="auto", metadata={
-        "help": "local models: auto = draft with the model's MTP heads when it has them (mtp_heads.safetensors), "
-                "mtp = require them, off = plain decoding; the output is the same", "choices": list(SPECULATIVE)})
+        "help": "local models: auto = single streams draft with the model's MTP heads when it has them "
+                "(mtp_heads.safetensors), mtp = every batch does (an error without heads), off = plain decoding; "
+                "the output is the same", "choices": list(SPECULATIVE)})
 
 
 @dataclass
