@@ -13,7 +13,8 @@ run and interleaved within each round:
 2. whether the replies are token for token the plain ones;
 3. the acceptance rate of each head and the tokens committed per model forward.
 
-`--model` can be any checkpoint (e.g. `runs/quickstart/rl`, an AutoThink model).
+`--model` can be any checkpoint (e.g. `runs/quickstart/rl`, an AutoThink model); when its dir
+holds heads already (a stage-1 `autothink distill` output), they are measured too ("saved").
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from autothink.cli import main as autothink
 from autothink.inference.backend import SamplingParams
 from autothink.inference.local import LocalBackend
 from autothink.inference.speculative import DraftStats
+from autothink.models.mtp import has_mtp
 from autothink.tasks import load_suite
 
 STORY_TOPICS = ["a cat", "the sea", "a robot", "winter", "a city", "a dragon", "the moon", "a garden", "a violin",
@@ -79,7 +81,8 @@ def timed(backend: LocalBackend, conversations, params) -> tuple[float, list]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--heads", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--heads", type=int, nargs="*", default=[1, 3],
+                        help="head counts to train with --mtp_only (0: none)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max_tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=8, help="held-out prompts (single stream: each alone)")
@@ -90,13 +93,16 @@ def main() -> None:
                         help="train: prompts whose replies the heads were fitted to (an upper bound)")
     args = parser.parse_args()
     root = Path(args.output_dir) / Path(args.model.rstrip("/")).name
-    dirs = {k: train_heads(args.model, k, root / f"heads-{k}", args.train_prompts, args.steps) for k in args.heads}
+    dirs = {k: train_heads(args.model, k, root / f"heads-{k}", args.train_prompts, args.steps) for k in args.heads if k}
     torch.manual_seed(0)
     plain = LocalBackend.from_pretrained(args.model, device="cpu", batch_size=8)
-    fast = {k: LocalBackend.from_pretrained(d, device="cpu", batch_size=8, speculative="mtp") for k, d in dirs.items()}
+    fast = {f"mtp-{k}": LocalBackend.from_pretrained(d, device="cpu", batch_size=8, speculative="mtp")
+            for k, d in dirs.items() if k}
+    if has_mtp(args.model):
+        fast["saved"] = LocalBackend.from_pretrained(args.model, device="cpu", batch_size=8, speculative="mtp")
     conversations = [[{"role": "user", "content": p}] for p in prompts(args.prompts, args.split == "held_out")]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    variants = {"plain": plain, **{f"mtp-{k}": b for k, b in fast.items()}}
+    variants = {"plain": plain, **fast}
     times = {(name, mode): [] for name in variants for mode in ("single", "batch8")}
     tokens, replies = {}, {}
     stats = {name: {"single": DraftStats(), "batch8": DraftStats()} for name in variants if name != "plain"}
