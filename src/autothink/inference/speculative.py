@@ -273,10 +273,11 @@ def mtp_generate(
                 nexts.append(pad_id)
                 continue
             row_drafts = [int(drafts[i][r]) for i in range(j)]
-            path = [states[r]] if grammar is not None else [None]
-            for tok in row_drafts if grammar is not None else []:
-                path.append(grammar.advance(path[-1], tok))
-            scores = masked(logits[r], path) if grammar is not None else logits[r].float()
+            path = [states[r] if grammar is not None else None]  # the grammar's state before each position
+            if grammar is not None:
+                for tok in row_drafts:
+                    path.append(grammar.advance(path[-1], tok))
+            scores = masked(logits[r], path)
             a, token = accept_drafts(scores, row_drafts, None if q_all is None else q_all[r], probs,
                                      sampler.generators[r] if sampler else None)
             for i in range(j):

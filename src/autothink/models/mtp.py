@@ -70,6 +70,12 @@ def _backbone(base: nn.Module) -> nn.Module:
     return backbone
 
 
+def _softcap(base: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Gemma's final-logit soft-capping, as in its CausalLM head (models without it: unchanged)."""
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
 def _layer_types(config) -> list[str]:
     return list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
 
@@ -181,11 +187,7 @@ class MTPHeads(nn.Module):
 
     def logits(self, base: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The base model's final norm and output head over a head's output (Gemma's soft-capping included)."""
-        logits = base.get_output_embeddings()(_backbone(base).norm(hidden))
-        softcap = getattr(base.config, "final_logit_softcapping", None)
-        if softcap is not None:  # as in Gemma's CausalLM head
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        return _softcap(base, base.get_output_embeddings()(_backbone(base).norm(hidden)))
 
     def set_draft_vocab(self, ids: torch.Tensor | None) -> None:
         """Draft among these token ids only (None: the whole vocabulary). On a CPU the output head
@@ -206,11 +208,7 @@ class MTPHeads(nn.Module):
             bias = None if getattr(head, "bias", None) is None else head.bias[self.draft_ids]
             self._draft_head = (key, head.weight[self.draft_ids].detach(), bias)
         _, weight, bias = self._draft_head
-        logits = torch.nn.functional.linear(_backbone(base).norm(hidden), weight, bias)
-        softcap = getattr(base.config, "final_logit_softcapping", None)
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits, self.draft_ids
+        return _softcap(base, torch.nn.functional.linear(_backbone(base).norm(hidden), weight, bias)), self.draft_ids
 
     def _mask_and_rope(self, base, hidden, attention_mask, position_ids, cache):
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
